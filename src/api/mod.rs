@@ -1,0 +1,211 @@
+//! The HTTP surfaces, one module each, assembled into one router. Each surface owns its
+//! routes, request/response types and error shape; this module holds what they share:
+//! the request context, body reading and the 404/405 answers.
+
+pub mod agent;
+pub mod sys;
+pub mod vault;
+pub mod vault_mfa;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthError, Caller};
+use crate::store::Store;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+/// Per-request facts set by the server middleware before routing.
+#[derive(Clone)]
+pub struct Ctx {
+    pub request_id: String,
+    caller: Arc<Result<Caller, AuthError>>,
+}
+
+impl Ctx {
+    pub fn new(request_id: String, caller: Result<Caller, AuthError>) -> Self {
+        Self {
+            request_id,
+            caller: Arc::new(caller),
+        }
+    }
+
+    /// The authenticated caller, or why there is none.
+    pub fn caller(&self) -> Result<&Caller, &AuthError> {
+        self.caller.as_ref().as_ref()
+    }
+
+    /// The caller's entity, for the request log line.
+    pub fn entity(&self) -> Option<&str> {
+        self.caller().ok().map(|c| c.entity_id.as_str())
+    }
+}
+
+/// Why a body could not become a typed request.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("failed to read request body: {0}")]
+    Read(String),
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// A well-formed body with a field of the wrong type or value; names the field.
+    #[error("{0}")]
+    Field(String),
+}
+
+impl BodyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Reads at most [`MAX_BODY`] bytes and parses them as `T`. An empty body reads as `{}`.
+/// Errors name the offending field (`digits: invalid type ...`).
+pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, BodyError> {
+    let bytes = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                BodyError::TooLarge
+            } else {
+                BodyError::Read(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    parse_json(bytes)
+}
+
+/// Parses JSON into `T`, naming the field on a type error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path != "." => {
+                BodyError::Field(format!("{path}: {}", strip_position(&inner.to_string())))
+            }
+            serde_json::error::Category::Data => {
+                BodyError::Field(strip_position(&inner.to_string()))
+            }
+            _ => BodyError::Malformed(inner.to_string()),
+        }
+    })
+}
+
+/// serde_json appends " at line 1 column 12" to data errors; useless to an API client.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Unix seconds now. Handlers read the clock; everything below takes `now` as an argument.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The whole application: every surface's routes, plus 404/405 in the shape of the
+/// surface the path belongs to.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(sys::routes())
+        .merge(vault_mfa::routes())
+        .merge(agent::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error_for_path(uri.path(), StatusCode::NOT_FOUND, "unsupported path")
+}
+
+async fn method_not_allowed(uri: Uri, method: Method) -> Response {
+    error_for_path(
+        uri.path(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("unsupported operation: {method}"),
+    )
+}
+
+/// An error in the shape of the surface that owns `path`.
+fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
+    if path.starts_with(agent::PREFIX) {
+        agent::AgentError::new(status, msg).into_response()
+    } else {
+        vault::VaultError::new(status, msg).into_response()
+    }
+}
+
+/// Every (method, path) the router serves, in OpenAPI path syntax; a test holds the
+/// OpenAPI document to it.
+pub fn all_routes() -> Vec<(&'static str, &'static str)> {
+    [sys::ROUTES, vault_mfa::ROUTES, agent::ROUTES].concat()
+}
+
+/// The OpenAPI 3 document, kept in the repository beside this file.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for (method, path) in all_routes() {
+            let op = &doc["paths"][path][method.to_ascii_lowercase()];
+            assert!(op.is_object(), "openapi.json lacks {method} {path}");
+        }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct T {
+        digits: u32,
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        match parse_json::<T>(br#"{"digits": "x"}"#) {
+            Err(BodyError::Field(m)) => assert!(m.starts_with("digits: "), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<T>(b"{\"digits\": "),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(parse_json::<T>(b"{}"), Err(BodyError::Field(_))));
+    }
+}

@@ -1,0 +1,315 @@
+//! totpd's own system API in Vault's conventions: health, the OpenAPI document,
+//! tokens (`/v1/auth/token/*`) and ACL policies (`/v1/sys/policies/acl/*`).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::vault::{self, caller, flex_seconds, VaultError};
+use super::{now, read_json, AppState, Ctx};
+use crate::auth::{self, Capability, Policy};
+use crate::store::TokenRecord;
+
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/sys/health"),
+    ("GET", "/v1/sys/openapi"),
+    ("POST", "/v1/auth/token/create"),
+    ("GET", "/v1/auth/token/lookup-self"),
+    ("POST", "/v1/auth/token/revoke"),
+    ("POST", "/v1/auth/token/revoke-self"),
+    ("GET", "/v1/sys/policies/acl"),
+    ("GET", "/v1/sys/policies/acl/{name}"),
+    ("PUT", "/v1/sys/policies/acl/{name}"),
+    ("POST", "/v1/sys/policies/acl/{name}"),
+    ("DELETE", "/v1/sys/policies/acl/{name}"),
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sys/health", get(health))
+        .route("/v1/sys/openapi", get(openapi))
+        .route("/v1/auth/token/create", post(token_create))
+        .route("/v1/auth/token/lookup-self", get(token_lookup_self))
+        .route("/v1/auth/token/revoke", post(token_revoke))
+        .route("/v1/auth/token/revoke-self", post(token_revoke_self))
+        .route("/v1/sys/policies/acl", get(policy_list))
+        .route(
+            "/v1/sys/policies/acl/{name}",
+            get(policy_read)
+                .put(policy_write)
+                .post(policy_write)
+                .delete(policy_delete),
+        )
+}
+
+type Res = Result<Response, VaultError>;
+
+async fn health() -> Response {
+    Json(json!({
+        "initialized": true,
+        "sealed": false,
+        "standby": false,
+        "version": env!("CARGO_PKG_VERSION"),
+        "server_time_utc": now(),
+    }))
+    .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+// ----- tokens -----
+
+#[derive(Deserialize)]
+struct TokenCreate {
+    #[serde(default)]
+    policies: Vec<String>,
+    #[serde(default, deserialize_with = "flex_seconds")]
+    ttl: Option<i64>,
+    entity_id: Option<String>,
+    display_name: Option<String>,
+    #[serde(default)]
+    no_default_policy: bool,
+}
+
+async fn token_create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    let who = caller(&ctx)?;
+    who.require("auth/token/create", Capability::Update)
+        .or_else(|_| who.require("auth/token/create", Capability::Create))?;
+    let req: TokenCreate = read_json(body).await?;
+    let now = now();
+
+    // A child token gets no policy its parent lacks (root may grant anything).
+    let mut policies: Vec<String> = if req.policies.is_empty() {
+        who.policies.clone()
+    } else {
+        req.policies
+    };
+    for p in &policies {
+        if p.is_empty() || p.contains(char::is_whitespace) {
+            return Err(VaultError::bad_request(format!("policies: invalid policy name {p:?}")));
+        }
+    }
+    if !who.is_root() {
+        if let Some(p) = policies
+            .iter()
+            .find(|p| *p != auth::DEFAULT && !who.policies.contains(p))
+        {
+            return Err(VaultError::bad_request(format!(
+                "child policies must be subset of parent: caller lacks {p:?}"
+            )));
+        }
+    }
+    if !req.no_default_policy && !policies.iter().any(|p| p == auth::DEFAULT) {
+        policies.push(auth::DEFAULT.into());
+    }
+    policies.sort();
+    policies.dedup();
+
+    let ttl = match req.ttl {
+        Some(t) if t < 0 => return Err(VaultError::bad_request("ttl: must not be negative")),
+        Some(0) | None => None,
+        Some(t) => Some(t),
+    };
+    let mut expires_at = ttl.map(|t| now.saturating_add(t));
+    // A child never outlives its parent.
+    if let Some(parent) = who.token.as_ref().and_then(|t| t.expires_at) {
+        expires_at = Some(expires_at.map_or(parent, |e| e.min(parent)));
+    }
+
+    let entity_id = match req.entity_id {
+        Some(e) if e.trim().is_empty() => {
+            return Err(VaultError::bad_request("entity_id: must not be empty"))
+        }
+        Some(e) if e != who.entity_id && !who.allowed("auth/token/create", Capability::Sudo) => {
+            return Err(VaultError::denied())
+        }
+        Some(e) => e,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+
+    let token = auth::new_token().map_err(|e| vault::internal(&e))?;
+    let accessor = uuid::Uuid::new_v4().simple().to_string();
+    let rec = TokenRecord {
+        hash: auth::hash_token(&token),
+        accessor: accessor.clone(),
+        entity_id: entity_id.clone(),
+        display_name: req.display_name.unwrap_or_else(|| "token".into()),
+        policies: policies.clone(),
+        created_at: now,
+        expires_at,
+    };
+    st.store.create_token(rec).await?;
+    Ok(vault::auth(
+        &ctx,
+        json!({
+            "client_token": token,
+            "accessor": accessor,
+            "policies": policies,
+            "token_policies": policies,
+            "metadata": null,
+            "lease_duration": expires_at.map_or(0, |e| e - now),
+            "renewable": false,
+            "entity_id": entity_id,
+            "token_type": "service",
+            "orphan": false,
+        }),
+    ))
+}
+
+async fn token_lookup_self(Extension(ctx): Extension<Ctx>) -> Res {
+    let who = caller(&ctx)?;
+    who.require("auth/token/lookup-self", Capability::Read)?;
+    let now = now();
+    let data = match &who.token {
+        Some(t) => json!({
+            "accessor": t.accessor,
+            "creation_time": t.created_at,
+            "display_name": t.display_name,
+            "entity_id": who.entity_id,
+            "expire_time": t.expires_at,
+            "policies": who.policies,
+            "ttl": t.expires_at.map_or(0, |e| (e - now).max(0)),
+            "type": "service",
+        }),
+        // A socket peer without a token: say who the daemon thinks it is.
+        None => json!({
+            "accessor": null,
+            "creation_time": null,
+            "display_name": who.entity_id,
+            "entity_id": who.entity_id,
+            "expire_time": null,
+            "policies": who.policies,
+            "ttl": 0,
+            "type": "peer",
+        }),
+    };
+    Ok(vault::ok(&ctx, data))
+}
+
+#[derive(Deserialize)]
+struct TokenRevoke {
+    token: String,
+}
+
+async fn token_revoke(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    caller(&ctx)?.require("auth/token/revoke", Capability::Update)?;
+    let req: TokenRevoke = read_json(body).await?;
+    if req.token.trim().is_empty() {
+        return Err(VaultError::bad_request("token: missing"));
+    }
+    st.store.revoke_token(auth::hash_token(req.token.trim())).await?;
+    Ok(vault::no_content())
+}
+
+async fn token_revoke_self(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
+    let who = caller(&ctx)?;
+    who.require("auth/token/revoke-self", Capability::Update)?;
+    let t = who
+        .token
+        .as_ref()
+        .ok_or_else(|| VaultError::bad_request("no token to revoke: the caller is a socket peer"))?;
+    st.store.revoke_token(t.hash.clone()).await?;
+    Ok(vault::no_content())
+}
+
+// ----- policies -----
+
+#[derive(Deserialize)]
+struct ListQuery {
+    list: Option<String>,
+}
+
+/// A policy name: what Vault allows, lower-cased as Vault does.
+fn policy_name(raw: &str) -> Result<String, VaultError> {
+    let name = raw.to_ascii_lowercase();
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(VaultError::bad_request(format!(
+            "name: {raw:?} is not a valid policy name (letters, digits, '-', '_', '.', '@')"
+        )));
+    }
+    Ok(name)
+}
+
+async fn policy_list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Query(q): Query<ListQuery>) -> Res {
+    if q.list.as_deref() != Some("true") {
+        return Err(VaultError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "unsupported operation: use LIST or ?list=true",
+        ));
+    }
+    caller(&ctx)?.require("sys/policies/acl", Capability::List)?;
+    let mut keys = st.store.list_policies().await?;
+    keys.push(auth::DEFAULT.into());
+    keys.push(auth::ROOT.into());
+    keys.sort();
+    Ok(vault::ok(&ctx, json!({ "keys": keys, "policies": keys })))
+}
+
+async fn policy_read(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Path(raw): Path<String>) -> Res {
+    let name = policy_name(&raw)?;
+    caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
+    let doc: Value = match name.as_str() {
+        auth::ROOT => json!({}),
+        auth::DEFAULT => serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| vault::internal(&e))?,
+        _ => {
+            let text = st.store.get_policy(name.clone()).await?.ok_or_else(VaultError::not_found)?;
+            serde_json::from_str(&text).map_err(|e| vault::internal(&e))?
+        }
+    };
+    Ok(vault::ok(&ctx, json!({ "name": name, "policy": doc })))
+}
+
+#[derive(Deserialize)]
+struct PolicyWrite {
+    policy: Value,
+}
+
+async fn policy_write(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Res {
+    let name = policy_name(&raw)?;
+    let who = caller(&ctx)?;
+    let path = format!("sys/policies/acl/{name}");
+    if !who.allowed(&path, Capability::Update) && !who.allowed(&path, Capability::Create) {
+        return Err(VaultError::denied());
+    }
+    let req: PolicyWrite = read_json(body).await?;
+    if name == auth::ROOT || name == auth::DEFAULT {
+        return Err(VaultError::bad_request(format!("cannot update the built-in {name:?} policy")));
+    }
+    // Vault clients send the document as a string of JSON; accept that or an object.
+    let doc = match req.policy {
+        Value::String(s) => serde_json::from_str::<Value>(&s)
+            .map_err(|e| VaultError::bad_request(format!("policy: not valid JSON: {e}")))?,
+        v @ Value::Object(_) => v,
+        _ => return Err(VaultError::bad_request("policy: must be a JSON object or a string holding one")),
+    };
+    Policy::parse(&doc).map_err(|e| VaultError::bad_request(format!("policy: {e}")))?;
+    st.store.put_policy(name, doc.to_string(), now()).await?;
+    Ok(vault::no_content())
+}
+
+async fn policy_delete(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Path(raw): Path<String>) -> Res {
+    let name = policy_name(&raw)?;
+    caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
+    if name == auth::ROOT || name == auth::DEFAULT {
+        return Err(VaultError::bad_request(format!("cannot delete the built-in {name:?} policy")));
+    }
+    st.store.delete_policy(name).await?;
+    Ok(vault::no_content())
+}

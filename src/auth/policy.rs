@@ -1,0 +1,238 @@
+//! ACL policies in Vault's model: `{"path": {"<glob>": {"capabilities": [...]}}}`.
+//! A trailing `*` makes a prefix match. For a request path the exact rule wins, else the
+//! longest matching prefix; rules for the same path from several policies are merged.
+//! `deny` in the chosen rule refuses everything.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One capability. Stored as a bit in [`Caps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Create,
+    Read,
+    Update,
+    Delete,
+    List,
+    Sudo,
+    Deny,
+}
+
+impl Capability {
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Create => 1,
+            Capability::Read => 2,
+            Capability::Update => 4,
+            Capability::Delete => 8,
+            Capability::List => 16,
+            Capability::Sudo => 32,
+            Capability::Deny => 64,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "create" => Capability::Create,
+            "read" => Capability::Read,
+            "update" => Capability::Update,
+            "delete" => Capability::Delete,
+            "list" => Capability::List,
+            "sudo" => Capability::Sudo,
+            "deny" => Capability::Deny,
+            _ => return None,
+        })
+    }
+}
+
+/// A set of capabilities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps(u8);
+
+impl Caps {
+    pub fn has(self, c: Capability) -> bool {
+        self.0 & Capability::Deny.bit() == 0 && self.0 & c.bit() != 0
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("policy is not valid JSON of the form {{\"path\": {{\"<glob>\": {{\"capabilities\": [...]}}}}}}: {0}")]
+    Shape(String),
+    #[error("policy path {path:?}: unknown capability {cap:?}")]
+    Capability { path: String, cap: String },
+    #[error("policy path {0:?}: '*' may only end a path")]
+    Glob(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    path: BTreeMap<String, Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    capabilities: Vec<String>,
+}
+
+/// A parsed policy document, ready to merge into an [`Acl`].
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<(String, bool, Caps)>, // (path or prefix, is_prefix, caps)
+}
+
+impl Policy {
+    /// Parses and checks a policy document.
+    pub fn parse(doc: &serde_json::Value) -> Result<Self, PolicyError> {
+        let doc: Doc =
+            serde_json::from_value(doc.clone()).map_err(|e| PolicyError::Shape(e.to_string()))?;
+        let mut rules = Vec::new();
+        for (path, rule) in doc.path {
+            let mut caps = 0u8;
+            for c in &rule.capabilities {
+                caps |= Capability::parse(c)
+                    .ok_or_else(|| PolicyError::Capability {
+                        path: path.clone(),
+                        cap: c.clone(),
+                    })?
+                    .bit();
+            }
+            let (p, prefix) = match path.strip_suffix('*') {
+                Some(p) => (p.to_string(), true),
+                None => (path.clone(), false),
+            };
+            if p.contains('*') {
+                return Err(PolicyError::Glob(path));
+            }
+            rules.push((p.trim_start_matches('/').to_string(), prefix, Caps(caps)));
+        }
+        Ok(Policy { rules })
+    }
+}
+
+/// The merged rules of every policy a caller holds.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    root: bool,
+    exact: BTreeMap<String, Caps>,
+    prefix: BTreeMap<String, Caps>,
+}
+
+impl Acl {
+    /// The ACL of the built-in `root` policy: everything, sudo included.
+    pub fn root() -> Self {
+        Acl {
+            root: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.root
+    }
+
+    pub fn merge(&mut self, p: &Policy) {
+        for (path, is_prefix, caps) in &p.rules {
+            let map = if *is_prefix {
+                &mut self.prefix
+            } else {
+                &mut self.exact
+            };
+            map.entry(path.clone()).or_default().0 |= caps.0;
+        }
+    }
+
+    /// The capabilities this ACL grants on `path` (no leading slash, e.g. `sys/health`).
+    pub fn capabilities(&self, path: &str) -> Caps {
+        if self.root {
+            return Caps(!Capability::Deny.bit());
+        }
+        if let Some(c) = self.exact.get(path) {
+            return *c;
+        }
+        self.prefix
+            .iter()
+            .filter(|(p, _)| path.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+    }
+
+    pub fn allows(&self, path: &str, cap: Capability) -> bool {
+        self.capabilities(path).has(cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn acl(docs: &[serde_json::Value]) -> Acl {
+        let mut a = Acl::default();
+        for d in docs {
+            a.merge(&Policy::parse(d).unwrap());
+        }
+        a
+    }
+
+    #[test]
+    fn exact_beats_glob_and_longest_prefix_wins() {
+        let a = acl(&[json!({"path": {
+            "secret/*": {"capabilities": ["read"]},
+            "secret/admin/*": {"capabilities": ["deny"]},
+            "secret/admin/open": {"capabilities": ["read", "update"]},
+        }})]);
+        assert!(a.allows("secret/x", Capability::Read));
+        assert!(!a.allows("secret/x", Capability::Update));
+        assert!(!a.allows("secret/admin/x", Capability::Read));
+        assert!(a.allows("secret/admin/open", Capability::Update));
+        assert!(!a.allows("other", Capability::Read));
+        // A prefix glob matches the bare prefix too, as in Vault.
+        assert!(a.allows("secret/", Capability::Read));
+        assert!(!a.allows("secret", Capability::Read));
+    }
+
+    #[test]
+    fn policies_merge_and_deny_wins_within_a_path() {
+        let a = acl(&[
+            json!({"path": {"a/*": {"capabilities": ["read"]}}}),
+            json!({"path": {"a/*": {"capabilities": ["list"]}}}),
+        ]);
+        assert!(a.allows("a/b", Capability::Read) && a.allows("a/b", Capability::List));
+        let d = acl(&[
+            json!({"path": {"a/*": {"capabilities": ["read"]}}}),
+            json!({"path": {"a/*": {"capabilities": ["deny"]}}}),
+        ]);
+        assert!(!d.allows("a/b", Capability::Read));
+    }
+
+    #[test]
+    fn root_allows_all_and_empty_allows_nothing() {
+        assert!(Acl::root().allows("anything/at/all", Capability::Sudo));
+        assert!(!Acl::default().allows("sys/policies/acl/x", Capability::Read));
+    }
+
+    #[test]
+    fn bad_documents_are_refused() {
+        assert!(matches!(
+            Policy::parse(&json!({"path": {"a": {"capabilities": ["fly"]}}})),
+            Err(PolicyError::Capability { .. })
+        ));
+        assert!(matches!(
+            Policy::parse(&json!({"path": {"a*b": {"capabilities": ["read"]}}})),
+            Err(PolicyError::Glob(_))
+        ));
+        assert!(matches!(
+            Policy::parse(&json!({"paths": {}})),
+            Err(PolicyError::Shape(_))
+        ));
+        assert!(matches!(
+            Policy::parse(&json!({"path": {"a": {"capabilities": "read"}}})),
+            Err(PolicyError::Shape(_))
+        ));
+    }
+}

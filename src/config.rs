@@ -1,0 +1,214 @@
+//! Daemon configuration: flags and `TOTPD_*` environment (through clap) over an optional
+//! TOML file over built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Options of `totpd serve`; every one is also an environment variable and a key of the
+/// TOML file given with `--config`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (flags and environment win over it).
+    #[arg(long, env = "TOTPD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the database, key and (with --dev) socket and root token.
+    /// [default: ./totpd-data with --dev, else $STATE_DIRECTORY or /var/lib/totpd]
+    #[arg(long, env = "TOTPD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SQLite database file. [default: <data-dir>/totpd.db]
+    #[arg(long, env = "TOTPD_DB", value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Permissions of the Unix socket, in octal. [default: 0660]
+    #[arg(long, env = "TOTPD_SOCKET_MODE", value_name = "OCTAL", value_parser = parse_octal)]
+    pub socket_mode: Option<u32>,
+    /// Group owning the Unix socket (name or gid).
+    #[arg(long, env = "TOTPD_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Also listen on TCP at this address (every TCP request needs a token). Off by default.
+    #[arg(long, env = "TOTPD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Sealing key file (32 bytes or 64 hex digits); created 0600 on first start.
+    /// $CREDENTIALS_DIRECTORY/totpd.key (a systemd credential) wins over it.
+    /// [default: <data-dir>/totpd.key]
+    #[arg(long, env = "TOTPD_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Development defaults: everything under ./totpd-data, and a root token written to
+    /// <data-dir>/root-token and printed on first start.
+    #[arg(long, env = "TOTPD_DEV")]
+    pub dev: bool,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    let t = s.trim_start_matches("0o");
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 0660")),
+    }
+}
+
+/// The TOML file's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    db: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    listen: Option<SocketAddr>,
+    key_file: Option<PathBuf>,
+    dev: Option<bool>,
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub dev: bool,
+    pub data_dir: PathBuf,
+    pub db: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub key_file: PathBuf,
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// The default socket path when none is given: with a dev data dir present, its socket;
+/// else `$RUNTIME_DIRECTORY/totpd.sock`, else `/run/totpd/totpd.sock`.
+pub fn default_socket(dev: bool, data_dir: &Path) -> PathBuf {
+    if dev {
+        return data_dir.join("totpd.sock");
+    }
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may pass several directories separated by ':'; the first is ours.
+        Some(d) => PathBuf::from(
+            d.to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
+        .join("totpd.sock"),
+        None => PathBuf::from("/run/totpd/totpd.sock"),
+    }
+}
+
+/// Where a client looks for the socket when not told: the dev socket in the current
+/// directory if there is one, else the system default.
+pub fn client_socket() -> PathBuf {
+    let dev = Path::new("totpd-data").join("totpd.sock");
+    if dev.exists() {
+        dev
+    } else {
+        default_socket(false, Path::new("."))
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags/environment over the config file over defaults.
+    pub fn resolve(&self, socket_flag: Option<&Path>) -> Result<ServeConfig, String> {
+        let file: FileConfig = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("config file {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let dev = self.dev || file.dev.unwrap_or(false);
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| {
+                if dev {
+                    PathBuf::from("totpd-data")
+                } else {
+                    std::env::var_os("STATE_DIRECTORY")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from("/var/lib/totpd"))
+                }
+            });
+        let socket_mode = match (self.socket_mode, file.socket_mode) {
+            (Some(m), _) => m,
+            (None, Some(s)) => parse_octal(&s).map_err(|e| format!("config socket_mode: {e}"))?,
+            (None, None) => 0o660,
+        };
+        Ok(ServeConfig {
+            dev,
+            db: self
+                .db
+                .clone()
+                .or(file.db)
+                .unwrap_or_else(|| data_dir.join("totpd.db")),
+            socket: socket_flag
+                .map(Path::to_path_buf)
+                .or(file.socket)
+                .unwrap_or_else(|| default_socket(dev, &data_dir)),
+            socket_mode,
+            socket_group: self.socket_group.clone().or(file.socket_group),
+            listen: self.listen.or(file.listen),
+            key_file: self
+                .key_file
+                .clone()
+                .or(file.key_file)
+                .unwrap_or_else(|| data_dir.join("totpd.key")),
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(f.clone()),
+            key_file: Some("/k".into()),
+            ..Default::default()
+        };
+        let c = args.resolve(None).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/t"));
+        assert_eq!(c.db, PathBuf::from("/srv/t/totpd.db"));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.key_file, PathBuf::from("/k"));
+        assert_eq!(c.listen.unwrap().port(), 8200);
+        let args = ServeArgs {
+            config: Some(f),
+            data_dir: Some("/other".into()),
+            socket_mode: Some(0o666),
+            dev: true,
+            ..Default::default()
+        };
+        let c = args.resolve(None).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/other/totpd.sock"));
+        assert_eq!(c.socket_mode, 0o666);
+    }
+
+    #[test]
+    fn bad_file_and_modes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "nonsense = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        };
+        assert!(args.resolve(None).unwrap_err().contains("nonsense"));
+        assert!(parse_octal("0999").is_err());
+        assert_eq!(parse_octal("0660"), Ok(0o660));
+    }
+}

@@ -1,0 +1,1 @@
+//! The TOTP core: codes, verification window, replay, lockout. No HTTP, no clock.

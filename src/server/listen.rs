@@ -1,0 +1,148 @@
+//! Listeners: the Unix socket (mode, group, stale-file handling), systemd socket
+//! activation, and optional TCP.
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+
+use super::ServerError;
+
+/// A bound listener, ready to accept.
+pub enum Listener {
+    Unix {
+        listener: tokio::net::UnixListener,
+        /// The file to remove at shutdown; None when systemd owns the socket.
+        owned_path: Option<PathBuf>,
+    },
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Listener {
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix { listener, .. } => format!(
+                "unix:{}",
+                listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                    .unwrap_or_else(|| "?".into())
+            ),
+            Listener::Tcp(l) => format!(
+                "tcp:{}",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Binds the Unix socket at `path`. A stale socket file is replaced only if nothing
+/// answers on it; a live daemon on that path is an error; a non-socket file is left alone.
+pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<Listener, ServerError> {
+    let io = |e: std::io::Error| ServerError::Listen(format!("{}: {e}", path.display()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::Listen(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+        tracing::info!(path = %path.display(), "removed stale socket file");
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    if let Some(g) = group {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => nix::unistd::Group::from_name(g)
+                .map_err(|e| ServerError::Listen(format!("socket group {g:?}: {e}")))?
+                .ok_or_else(|| ServerError::Listen(format!("socket group {g:?} does not exist")))?
+                .gid,
+        };
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| ServerError::Listen(format!("chgrp {}: {e}", path.display())))?;
+    }
+    Ok(Listener::Unix {
+        listener,
+        owned_path: Some(path.to_path_buf()),
+    })
+}
+
+pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<Listener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Listener::Tcp)
+        .map_err(|e| ServerError::Listen(format!("tcp {addr}: {e}")))
+}
+
+/// Sockets passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fds from 3), if they are ours.
+/// The variables are removed so child processes do not inherit them.
+pub fn systemd_listeners() -> Result<Vec<Listener>, ServerError> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<RawFd>().ok())
+        .unwrap_or(0);
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if !pid_ok || count <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for fd in 3..3 + count {
+        let addr: SockaddrStorage = getsockname(fd)
+            .map_err(|e| ServerError::Listen(format!("systemd fd {fd}: {e}")))?;
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        let err = |e: std::io::Error| ServerError::Listen(format!("systemd fd {fd}: {e}"));
+        match addr.family() {
+            Some(AddressFamily::Unix) => {
+                // SAFETY: systemd hands us this fd, open and owned by no one else here.
+                let std_l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                std_l.set_nonblocking(true).map_err(err)?;
+                out.push(Listener::Unix {
+                    listener: tokio::net::UnixListener::from_std(std_l).map_err(err)?,
+                    owned_path: None,
+                });
+            }
+            Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => {
+                // SAFETY: as above.
+                let std_l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                std_l.set_nonblocking(true).map_err(err)?;
+                out.push(Listener::Tcp(
+                    tokio::net::TcpListener::from_std(std_l).map_err(err)?,
+                ));
+            }
+            other => {
+                return Err(ServerError::Listen(format!(
+                    "systemd fd {fd}: unsupported socket family {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The uid of a Unix-socket peer, from SO_PEERCRED.
+pub fn peer_uid(stream: &tokio::net::UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}

@@ -1,0 +1,287 @@
+//! The daemon: prepares the data directory, key and store, binds the listeners, serves
+//! HTTP/1.1 on each connection, and shuts down cleanly on SIGTERM/SIGINT.
+
+pub mod http;
+pub mod listen;
+mod systemd;
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tower::{Layer, ServiceExt};
+use std::sync::Arc;
+
+use crate::api::{self, AppState};
+use crate::auth::{self, Peer};
+use crate::config::ServeConfig;
+use crate::store::{seal, Sealer, Store, StoreError, TokenRecord};
+use listen::Listener;
+
+/// Slow clients get this long to send their request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests in flight at shutdown get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Key(#[from] seal::SealError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen: {0}")]
+    Listen(String),
+    #[error("another totpd is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: ServeConfig) -> Result<(), ServerError> {
+    prepare_dirs(&cfg)?;
+
+    let has_key = cfg
+        .credentials_dir
+        .as_ref()
+        .is_some_and(|d| d.join("totpd.key").exists())
+        || cfg.key_file.exists();
+    if cfg.db.exists() && !has_key {
+        return Err(ServerError::Config(format!(
+            "database {} exists but its key file {} is missing; refusing to create a new key that could not open it",
+            cfg.db.display(),
+            cfg.key_file.display()
+        )));
+    }
+    let (key, key_from, key_created) =
+        seal::load_or_create_key(cfg.credentials_dir.as_deref(), &cfg.key_file)?;
+    if key_created {
+        tracing::info!(path = %key_from.display(), "created a new sealing key");
+    }
+    let db = cfg.db.clone();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&db, Sealer::new(&key)))
+        .await
+        .map_err(|e| ServerError::Io(e.to_string()))?
+        .map_err(|e| match e {
+            StoreError::WrongKey => ServerError::Config(format!(
+                "the key in {} does not open database {}: it is not the key this database was created with",
+                key_from.display(),
+                cfg.db.display()
+            )),
+            other => ServerError::Store(other),
+        })?;
+    let store = opened.store;
+
+    let result = serve(&cfg, &store, opened.created).await;
+    // Queued writes finish before the connection closes.
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.close()).await;
+    tracing::info!("database closed");
+    result
+}
+
+async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), ServerError> {
+    if cfg.dev && created {
+        create_root_token(cfg, store).await?;
+    }
+
+    let mut listeners = listen::systemd_listeners()?;
+    if listeners.is_empty() {
+        listeners.push(listen::bind_unix(
+            &cfg.socket,
+            cfg.socket_mode,
+            cfg.socket_group.as_deref(),
+        )?);
+    }
+    if let Some(addr) = cfg.listen {
+        listeners.push(listen::bind_tcp(addr).await?);
+    }
+    for l in &listeners {
+        tracing::info!(listener = %l.describe(), "listening");
+    }
+
+    let app_state = AppState {
+        store: store.clone(),
+    };
+    let mw = http::MwState {
+        app: app_state.clone(),
+        daemon_uid: nix::unistd::getuid().as_raw(),
+    };
+    let router = api::router(app_state)
+        .layer(axum::middleware::from_fn_with_state(mw, http::middleware));
+    let rewrite: fn(axum::extract::Request) -> axum::extract::Request = http::rewrite_list;
+    let app = tower::util::MapRequestLayer::new(rewrite).layer(router);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let mut owned_paths = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        if let Listener::Unix {
+            owned_path: Some(p),
+            ..
+        } = &l
+        {
+            owned_paths.push(p.clone());
+        }
+        accept_tasks.push(tokio::spawn(accept_loop(
+            l,
+            app.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    systemd::notify("READY=1");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    systemd::notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    for p in &owned_paths {
+        if let Err(e) = std::fs::remove_file(p) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot remove socket file");
+        }
+    }
+    // The accept loops are gone, so this is the last handle; connections hold watchers.
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
+        }
+    }
+    Ok(())
+}
+
+type App = tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
+
+async fn accept_loop(
+    listener: Listener,
+    app: App,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = accept(&listener) => a,
+        };
+        match accepted {
+            Ok(Accepted::Unix(stream)) => {
+                let uid = listen::peer_uid(&stream);
+                serve_conn(stream, Peer::Unix { uid }, app.clone(), graceful.watcher());
+            }
+            Ok(Accepted::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                serve_conn(stream, Peer::Tcp, app.clone(), graceful.watcher());
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<Accepted> {
+    match l {
+        Listener::Unix { listener, .. } => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        Listener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+    }
+}
+
+fn serve_conn<S>(io: S, peer: Peer, app: App, graceful: hyper_util::server::graceful::Watcher)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer);
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let fut = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
+    let mk = |p: &std::path::Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(|e| ServerError::Io(format!("cannot create {}: {e}", p.display())))
+    };
+    mk(&cfg.data_dir)?;
+    for f in [&cfg.db, &cfg.key_file] {
+        if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
+            mk(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// With --dev on a new database: a root token, written 0600 to <data-dir>/root-token
+/// and printed once.
+async fn create_root_token(cfg: &ServeConfig, store: &Store) -> Result<(), ServerError> {
+    let token = auth::new_token().map_err(|e| ServerError::Io(e.to_string()))?;
+    store
+        .create_token(TokenRecord {
+            hash: auth::hash_token(&token),
+            accessor: uuid::Uuid::new_v4().simple().to_string(),
+            entity_id: "root".into(),
+            display_name: "root".into(),
+            policies: vec![auth::ROOT.into()],
+            created_at: api::now(),
+            expires_at: None,
+        })
+        .await?;
+    let path = cfg.data_dir.join("root-token");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(f, "{token}")?;
+        f.sync_all()
+    };
+    write().map_err(|e| ServerError::Io(format!("cannot write {}: {e}", path.display())))?;
+    println!("Root token (also in {}): {token}", path.display());
+    Ok(())
+}

@@ -11,7 +11,9 @@ use hyperlocal::UnixConnector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach totpd at {socket}: {reason} (is it running? set --socket or TOTPD_SOCKET)")]
+    #[error(
+        "cannot reach totpd at {socket}: {reason} (is it running? set --socket or TOTPD_SOCKET)"
+    )]
     Connect { socket: PathBuf, reason: String },
     #[error("bad request: {0}")]
     Request(String),
@@ -57,9 +59,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Reply, ClientError> {
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(uri);
+        let mut req = hyper::Request::builder().method(method).uri(uri);
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -69,10 +69,14 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Request(e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| ClientError::Connect {
-            socket: self.socket.clone(),
-            reason: error_chain(&e),
-        })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Connect {
+                socket: self.socket.clone(),
+                reason: error_chain(&e),
+            })?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// [default: <data-dir>/totpd.key]
     #[arg(long, env = "TOTPD_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Seconds a client gets to send its request headers before the connection is closed.
+    /// [default: 10]
+    #[arg(long, env = "TOTPD_HEADER_TIMEOUT", value_name = "SECS")]
+    pub header_timeout: Option<u64>,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
@@ -59,6 +63,7 @@ struct FileConfig {
     socket_group: Option<String>,
     listen: Option<SocketAddr>,
     key_file: Option<PathBuf>,
+    header_timeout: Option<u64>,
     dev: Option<bool>,
 }
 
@@ -74,6 +79,7 @@ pub struct ServeConfig {
     pub listen: Option<SocketAddr>,
     pub key_file: PathBuf,
     pub credentials_dir: Option<PathBuf>,
+    pub header_timeout: std::time::Duration,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -119,19 +125,15 @@ impl ServeArgs {
             None => FileConfig::default(),
         };
         let dev = self.dev || file.dev.unwrap_or(false);
-        let data_dir = self
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| {
-                if dev {
-                    PathBuf::from("totpd-data")
-                } else {
-                    std::env::var_os("STATE_DIRECTORY")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| PathBuf::from("/var/lib/totpd"))
-                }
-            });
+        let data_dir = self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| {
+            if dev {
+                PathBuf::from("totpd-data")
+            } else {
+                std::env::var_os("STATE_DIRECTORY")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/totpd"))
+            }
+        });
         let socket_mode = match (self.socket_mode, file.socket_mode) {
             (Some(m), _) => m,
             (None, Some(s)) => parse_octal(&s).map_err(|e| format!("config socket_mode: {e}"))?,
@@ -156,6 +158,12 @@ impl ServeArgs {
                 .clone()
                 .or(file.key_file)
                 .unwrap_or_else(|| data_dir.join("totpd.key")),
+            header_timeout: std::time::Duration::from_secs(
+                self.header_timeout
+                    .or(file.header_timeout)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })

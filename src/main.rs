@@ -29,7 +29,13 @@ struct Cli {
     socket: Option<PathBuf>,
     /// A token to send (clients only). Over the socket none is needed: your uid is
     /// your identity.
-    #[arg(long, global = true, env = "TOTPD_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TOTPD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -65,10 +71,7 @@ fn main() -> ExitCode {
             data,
             include,
         } => {
-            let client = Client::new(
-                cli.socket.unwrap_or_else(config::client_socket),
-                cli.token,
-            );
+            let client = Client::new(cli.socket.unwrap_or_else(config::client_socket), cli.token);
             run_client(api(&client, method, path, data, include))
         }
     }
@@ -86,7 +89,10 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -109,7 +115,10 @@ enum Outcome {
 }
 
 fn run_client(fut: impl std::future::Future<Output = Result<Outcome, ClientError>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -155,7 +164,11 @@ async fn api(
             None => Some(d.as_bytes().to_vec()),
         },
     };
-    let path = if path.starts_with('/') { path } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
     let reply = client
         .request(&method.to_ascii_uppercase(), &path, body)
         .await?;
@@ -170,6 +183,9 @@ async fn api(
     } else {
         // The body still goes to stdout for scripts; the one-line reason to stderr.
         println!("{out}");
-        Ok(Outcome::Refused(format!("the daemon answered HTTP {}", reply.status)))
+        Ok(Outcome::Refused(format!(
+            "the daemon answered HTTP {}",
+            reply.status
+        )))
     }
 }

@@ -85,7 +85,9 @@ pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, BodyError> 
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 BodyError::TooLarge
             } else {
                 BodyError::Read(e.to_string())

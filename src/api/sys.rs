@@ -78,7 +78,11 @@ struct TokenCreate {
     no_default_policy: bool,
 }
 
-async fn token_create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+async fn token_create(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    body: Body,
+) -> Res {
     let who = caller(&ctx)?;
     who.require("auth/token/create", Capability::Update)
         .or_else(|_| who.require("auth/token/create", Capability::Create))?;
@@ -93,7 +97,9 @@ async fn token_create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>
     };
     for p in &policies {
         if p.is_empty() || p.contains(char::is_whitespace) {
-            return Err(VaultError::bad_request(format!("policies: invalid policy name {p:?}")));
+            return Err(VaultError::bad_request(format!(
+                "policies: invalid policy name {p:?}"
+            )));
         }
     }
     if !who.is_root() {
@@ -198,23 +204,28 @@ struct TokenRevoke {
     token: String,
 }
 
-async fn token_revoke(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+async fn token_revoke(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    body: Body,
+) -> Res {
     caller(&ctx)?.require("auth/token/revoke", Capability::Update)?;
     let req: TokenRevoke = read_json(body).await?;
     if req.token.trim().is_empty() {
         return Err(VaultError::bad_request("token: missing"));
     }
-    st.store.revoke_token(auth::hash_token(req.token.trim())).await?;
+    st.store
+        .revoke_token(auth::hash_token(req.token.trim()))
+        .await?;
     Ok(vault::no_content())
 }
 
 async fn token_revoke_self(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
     let who = caller(&ctx)?;
     who.require("auth/token/revoke-self", Capability::Update)?;
-    let t = who
-        .token
-        .as_ref()
-        .ok_or_else(|| VaultError::bad_request("no token to revoke: the caller is a socket peer"))?;
+    let t = who.token.as_ref().ok_or_else(|| {
+        VaultError::bad_request("no token to revoke: the caller is a socket peer")
+    })?;
     st.store.revoke_token(t.hash.clone()).await?;
     Ok(vault::no_content())
 }
@@ -242,7 +253,11 @@ fn policy_name(raw: &str) -> Result<String, VaultError> {
     Ok(name)
 }
 
-async fn policy_list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Query(q): Query<ListQuery>) -> Res {
+async fn policy_list(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<ListQuery>,
+) -> Res {
     if q.list.as_deref() != Some("true") {
         return Err(VaultError::new(
             axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -257,14 +272,24 @@ async fn policy_list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>,
     Ok(vault::ok(&ctx, json!({ "keys": keys, "policies": keys })))
 }
 
-async fn policy_read(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Path(raw): Path<String>) -> Res {
+async fn policy_read(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+) -> Res {
     let name = policy_name(&raw)?;
     caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
     let doc: Value = match name.as_str() {
         auth::ROOT => json!({}),
-        auth::DEFAULT => serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| vault::internal(&e))?,
+        auth::DEFAULT => {
+            serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| vault::internal(&e))?
+        }
         _ => {
-            let text = st.store.get_policy(name.clone()).await?.ok_or_else(VaultError::not_found)?;
+            let text = st
+                .store
+                .get_policy(name.clone())
+                .await?
+                .ok_or_else(VaultError::not_found)?;
             serde_json::from_str(&text).map_err(|e| vault::internal(&e))?
         }
     };
@@ -290,25 +315,37 @@ async fn policy_write(
     }
     let req: PolicyWrite = read_json(body).await?;
     if name == auth::ROOT || name == auth::DEFAULT {
-        return Err(VaultError::bad_request(format!("cannot update the built-in {name:?} policy")));
+        return Err(VaultError::bad_request(format!(
+            "cannot update the built-in {name:?} policy"
+        )));
     }
     // Vault clients send the document as a string of JSON; accept that or an object.
     let doc = match req.policy {
         Value::String(s) => serde_json::from_str::<Value>(&s)
             .map_err(|e| VaultError::bad_request(format!("policy: not valid JSON: {e}")))?,
         v @ Value::Object(_) => v,
-        _ => return Err(VaultError::bad_request("policy: must be a JSON object or a string holding one")),
+        _ => {
+            return Err(VaultError::bad_request(
+                "policy: must be a JSON object or a string holding one",
+            ))
+        }
     };
     Policy::parse(&doc).map_err(|e| VaultError::bad_request(format!("policy: {e}")))?;
     st.store.put_policy(name, doc.to_string(), now()).await?;
     Ok(vault::no_content())
 }
 
-async fn policy_delete(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, Path(raw): Path<String>) -> Res {
+async fn policy_delete(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+) -> Res {
     let name = policy_name(&raw)?;
     caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
     if name == auth::ROOT || name == auth::DEFAULT {
-        return Err(VaultError::bad_request(format!("cannot delete the built-in {name:?} policy")));
+        return Err(VaultError::bad_request(format!(
+            "cannot delete the built-in {name:?} policy"
+        )));
     }
     st.store.delete_policy(name).await?;
     Ok(vault::no_content())

@@ -34,7 +34,9 @@ pub const DEFAULT_POLICY: &str = r#"{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     /// A Unix-socket peer with its uid from SO_PEERCRED (None if it could not be read).
-    Unix { uid: Option<u32> },
+    Unix {
+        uid: Option<u32>,
+    },
     Tcp,
 }
 
@@ -181,15 +183,12 @@ async fn build_acl(store: &Store, names: &[String]) -> Result<Acl, AuthError> {
     if names.iter().any(|n| n == DEFAULT) {
         acl.merge(&default_policy());
     }
-    let stored: Vec<String> = names
-        .iter()
-        .filter(|n| *n != DEFAULT)
-        .cloned()
-        .collect();
+    let stored: Vec<String> = names.iter().filter(|n| *n != DEFAULT).cloned().collect();
     if !stored.is_empty() {
         for (name, doc) in store.get_policies(stored).await? {
-            let value: serde_json::Value = serde_json::from_str(&doc)
-                .map_err(|e| AuthError::BadPolicy(name.clone(), PolicyError::Shape(e.to_string())))?;
+            let value: serde_json::Value = serde_json::from_str(&doc).map_err(|e| {
+                AuthError::BadPolicy(name.clone(), PolicyError::Shape(e.to_string()))
+            })?;
             let p = Policy::parse(&value).map_err(|e| AuthError::BadPolicy(name, e))?;
             acl.merge(&p);
         }
@@ -218,7 +217,10 @@ mod tests {
         assert!(a.allows("auth/token/lookup-self", Capability::Read));
         assert!(a.allows("api/v2/totp/secrets", Capability::Create));
         assert!(a.allows("identity/mfa/method/totp/generate", Capability::Update));
-        assert!(!a.allows("identity/mfa/method/totp/admin-generate", Capability::Update));
+        assert!(!a.allows(
+            "identity/mfa/method/totp/admin-generate",
+            Capability::Update
+        ));
         assert!(!a.allows("identity/mfa/method/totp", Capability::Create));
         assert!(!a.allows("sys/policies/acl/x", Capability::Update));
         assert!(!a.allows("auth/token/create", Capability::Update));

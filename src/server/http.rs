@@ -49,11 +49,7 @@ fn request_id(req: &Request) -> String {
 pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let rid = request_id(&req);
-    let peer = req
-        .extensions()
-        .get::<Peer>()
-        .copied()
-        .unwrap_or(Peer::Tcp);
+    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
     let token = auth::token_from_headers(req.headers());
     let caller = auth::resolve(&st.app.store, peer, token, st.daemon_uid, now()).await;
     if let Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) = &caller {

@@ -65,10 +65,14 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<Listener
     if let Some(g) = group {
         let gid = match g.parse::<u32>() {
             Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => nix::unistd::Group::from_name(g)
-                .map_err(|e| ServerError::Listen(format!("socket group {g:?}: {e}")))?
-                .ok_or_else(|| ServerError::Listen(format!("socket group {g:?} does not exist")))?
-                .gid,
+            Err(_) => {
+                nix::unistd::Group::from_name(g)
+                    .map_err(|e| ServerError::Listen(format!("socket group {g:?}: {e}")))?
+                    .ok_or_else(|| {
+                        ServerError::Listen(format!("socket group {g:?} does not exist"))
+                    })?
+                    .gid
+            }
         };
         nix::unistd::chown(path, None, Some(gid))
             .map_err(|e| ServerError::Listen(format!("chgrp {}: {e}", path.display())))?;
@@ -105,8 +109,8 @@ pub fn systemd_listeners() -> Result<Vec<Listener>, ServerError> {
     }
     let mut out = Vec::new();
     for fd in 3..3 + count {
-        let addr: SockaddrStorage = getsockname(fd)
-            .map_err(|e| ServerError::Listen(format!("systemd fd {fd}: {e}")))?;
+        let addr: SockaddrStorage =
+            getsockname(fd).map_err(|e| ServerError::Listen(format!("systemd fd {fd}: {e}")))?;
         let _ = nix::fcntl::fcntl(
             fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
-use std::sync::Arc;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, Peer};
@@ -21,8 +21,6 @@ use crate::config::ServeConfig;
 use crate::store::{seal, Sealer, Store, StoreError, TokenRecord};
 use listen::Listener;
 
-/// Slow clients get this long to send their request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight at shutdown get this long to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -112,8 +110,8 @@ async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), Se
         app: app_state.clone(),
         daemon_uid: nix::unistd::getuid().as_raw(),
     };
-    let router = api::router(app_state)
-        .layer(axum::middleware::from_fn_with_state(mw, http::middleware));
+    let router =
+        api::router(app_state).layer(axum::middleware::from_fn_with_state(mw, http::middleware));
     let rewrite: fn(axum::extract::Request) -> axum::extract::Request = http::rewrite_list;
     let app = tower::util::MapRequestLayer::new(rewrite).layer(router);
 
@@ -132,6 +130,7 @@ async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), Se
         accept_tasks.push(tokio::spawn(accept_loop(
             l,
             app.clone(),
+            cfg.header_timeout,
             graceful.clone(),
             stop_rx.clone(),
         )));
@@ -162,11 +161,13 @@ async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), Se
     Ok(())
 }
 
-type App = tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
+type App =
+    tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
 
 async fn accept_loop(
     listener: Listener,
     app: App,
+    header_timeout: Duration,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -178,11 +179,23 @@ async fn accept_loop(
         match accepted {
             Ok(Accepted::Unix(stream)) => {
                 let uid = listen::peer_uid(&stream);
-                serve_conn(stream, Peer::Unix { uid }, app.clone(), graceful.watcher());
+                serve_conn(
+                    stream,
+                    Peer::Unix { uid },
+                    app.clone(),
+                    header_timeout,
+                    graceful.watcher(),
+                );
             }
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                serve_conn(stream, Peer::Tcp, app.clone(), graceful.watcher());
+                serve_conn(
+                    stream,
+                    Peer::Tcp,
+                    app.clone(),
+                    header_timeout,
+                    graceful.watcher(),
+                );
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -205,8 +218,13 @@ async fn accept(l: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-fn serve_conn<S>(io: S, peer: Peer, app: App, graceful: hyper_util::server::graceful::Watcher)
-where
+fn serve_conn<S>(
+    io: S,
+    peer: Peer,
+    app: App,
+    header_timeout: Duration,
+    graceful: hyper_util::server::graceful::Watcher,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -216,7 +234,7 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let fut = graceful.watch(conn);
     tokio::spawn(async move {
@@ -228,7 +246,10 @@ where
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };

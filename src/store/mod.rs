@@ -317,7 +317,8 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 fn migrations() -> Vec<(i64, &'static str)> {
     let mut out = Vec::new();
     let mut rest = SCHEMA;
-    const MARK: &str = "-- migrate: ";
+    // Only at the start of a line, so prose that mentions the marker is not one.
+    const MARK: &str = "\n-- migrate: ";
     while let Some(pos) = rest.find(MARK) {
         let after = &rest[pos + MARK.len()..];
         let line_end = after.find('\n').unwrap_or(after.len());
@@ -421,7 +422,9 @@ mod tests {
         assert!(!opened.created);
         opened.store.close();
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, schema_version());
         let n: i64 = c
             .query_row("SELECT count(*) FROM policies", [], |r| r.get(0))

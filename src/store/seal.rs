@@ -17,7 +17,9 @@ const KEY_ID: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("sealed value does not open with this key (wrong key, or value moved from another row)")]
+    #[error(
+        "sealed value does not open with this key (wrong key, or value moved from another row)"
+    )]
     Open,
     #[error("sealed value is malformed")]
     Malformed,
@@ -150,14 +152,20 @@ mod tests {
     fn round_trip_and_row_binding() {
         let s = Sealer::new(&[7u8; KEY_LEN]);
         let sealed = s.seal("totpd/v1/t/a", b"JBSWY3DPEHPK3PXP").unwrap();
-        assert_eq!(s.open("totpd/v1/t/a", &sealed).unwrap(), b"JBSWY3DPEHPK3PXP");
+        assert_eq!(
+            s.open("totpd/v1/t/a", &sealed).unwrap(),
+            b"JBSWY3DPEHPK3PXP"
+        );
         assert!(matches!(
             s.open("totpd/v1/t/b", &sealed),
             Err(SealError::Open)
         ));
         let other = Sealer::new(&[8u8; KEY_LEN]);
         assert!(other.open("totpd/v1/t/a", &sealed).is_err());
-        assert!(matches!(s.open("x", &sealed[..10]), Err(SealError::Malformed)));
+        assert!(matches!(
+            s.open("x", &sealed[..10]),
+            Err(SealError::Malformed)
+        ));
     }
 
     #[test]

@@ -1,0 +1,323 @@
+//! Test harness: starts the real `totpd` binary on a temporary data dir and socket, and
+//! speaks HTTP to it over the socket or TCP, as a user would.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_totpd");
+
+/// A running daemon and its files.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+/// An answer: status, headers, body as text and (if it parses) JSON.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Daemon {
+    /// `serve --dev` on a fresh temporary data dir, socket mode 0666 so tests running
+    /// as another uid can connect.
+    pub fn start() -> Daemon {
+        Self::start_with(&[], false)
+    }
+
+    /// As `start`, also listening on a free loopback TCP port.
+    pub fn start_tcp() -> Daemon {
+        Self::start_with(&[], true)
+    }
+
+    pub fn start_with(extra: &[&str], tcp: bool) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = dir.path().join("data");
+        let sock_dir = dir.path().join("run");
+        std::fs::create_dir(&sock_dir).unwrap();
+        std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut d = Daemon {
+            socket: sock_dir.join("totpd.sock"),
+            data_dir,
+            tcp: tcp.then(free_port),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        d.spawn().expect("daemon did not start");
+        d
+    }
+
+    /// The command line this daemon runs with.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("serve")
+            .arg("--dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--socket-mode")
+            .arg("0666")
+            .args(&self.extra)
+            .env_remove("TOTPD_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("TOTPD_LOG", "info");
+        if let Some(a) = self.tcp {
+            c.arg("--listen").arg(a.to_string());
+        }
+        c
+    }
+
+    /// Starts the daemon and waits until it answers; on failure returns its stderr.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        let n = self.log_count();
+        let out = std::fs::File::create(self.dir.path().join(format!("stdout.{n}"))).unwrap();
+        let err = std::fs::File::create(self.dir.path().join(format!("stderr.{n}"))).unwrap();
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn totpd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited {status}: {}", self.stderr()));
+            }
+            if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("not up after 20s: {}", self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn log_count(&self) -> usize {
+        (0..)
+            .find(|n| !self.dir.path().join(format!("stdout.{n}")).exists())
+            .unwrap()
+    }
+
+    /// Standard error of the latest start.
+    pub fn stderr(&self) -> String {
+        let n = self.log_count().saturating_sub(1);
+        std::fs::read_to_string(self.dir.path().join(format!("stderr.{n}"))).unwrap_or_default()
+    }
+
+    /// Standard output of the latest start.
+    pub fn stdout(&self) -> String {
+        let n = self.log_count().saturating_sub(1);
+        std::fs::read_to_string(self.dir.path().join(format!("stdout.{n}"))).unwrap_or_default()
+    }
+
+    pub fn root_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("root-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_timeout(&mut child, Duration::from_secs(40))
+    }
+
+    /// Over the Unix socket, as this test process's uid (root in CI).
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Resp {
+        let headers: Vec<(&str, String)> = token
+            .map(|t| ("x-vault-token", t.to_string()))
+            .into_iter()
+            .collect();
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.raw_unix(method, path, &headers, body).await
+    }
+
+    pub async fn raw_unix(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let s = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .expect("connect socket");
+        send(s, method, path, headers, body)
+            .await
+            .expect("request over socket")
+    }
+
+    /// Over TCP with the given headers.
+    pub async fn tcp_req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Resp {
+        let s = tokio::net::TcpStream::connect(self.tcp.expect("started with tcp"))
+            .await
+            .expect("connect tcp");
+        send(
+            s,
+            method,
+            path,
+            headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+        .expect("request over tcp")
+    }
+
+    /// Runs `totpd <args>` as a client against this daemon's socket.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("TOTPD_SOCKET", &self.socket)
+            .env_remove("TOTPD_TOKEN");
+        c
+    }
+
+    /// Every byte of the database files (main file and WAL), for grepping.
+    pub fn db_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal"] {
+            let p = PathBuf::from(format!(
+                "{}{suffix}",
+                self.data_dir.join("totpd.db").display()
+            ));
+            if let Ok(b) = std::fs::read(p) {
+                all.extend(b);
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<i32> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn send<S>(
+    stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+) -> Result<Resp, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(hyper::Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Resp {
+        status,
+        headers,
+        text,
+        json,
+    })
+}
+
+/// True when this test process may start children as another uid.
+pub fn can_switch_uid() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED: not running as root, cannot spawn a client as another uid");
+        false
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,638 @@
+//! The daemon itself (issue 3): listeners, store, sealing, tokens and policies, errors,
+//! shutdown. Every test starts the real binary.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::{can_switch_uid, Daemon};
+use serde_json::{json, Value};
+
+fn pol(paths: Value) -> Value {
+    json!({ "policy": { "path": paths } })
+}
+
+async fn make_token(d: &Daemon, body: Value) -> String {
+    let r = d
+        .req("POST", "/v1/auth/token/create", Some(body), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["auth"]["client_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn dev_start_creates_db_key_socket_and_root_token() {
+    let d = Daemon::start();
+    for f in ["totpd.db", "totpd.key", "root-token"] {
+        assert!(d.data_dir.join(f).exists(), "{f} missing");
+    }
+    assert!(d.socket.exists());
+    let mode = |f: &str| {
+        std::fs::metadata(d.data_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("root-token"), 0o600);
+    assert_eq!(mode("totpd.key"), 0o600);
+    assert_eq!(mode("totpd.db"), 0o600);
+    // Printed once, and the same as the file.
+    assert!(d.stdout().contains(&d.root_token()));
+
+    let r = d.req("GET", "/v1/sys/health", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["initialized"], true);
+    assert!(r.json["server_time_utc"].as_i64().unwrap() > 1_700_000_000);
+
+    // The README's curl example, when curl is on the machine.
+    match std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&d.socket)
+        .arg("http://localhost/v1/sys/health")
+        .output()
+    {
+        Ok(out) => assert_eq!(String::from_utf8_lossy(&out.stdout), "200"),
+        Err(_) => eprintln!("SKIPPED part: curl is not installed"),
+    }
+
+    // The root token works, and a second start keeps it (printed only the first time).
+    let tok = d.root_token();
+    let r = d
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["data"]["policies"], json!(["root"]));
+}
+
+#[tokio::test]
+async fn request_id_is_set_and_echoed() {
+    let d = Daemon::start();
+    let r = d.req("GET", "/v1/sys/health", None, None).await;
+    let id = r.headers.get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(id.len(), 36);
+    let r = d
+        .raw_unix(
+            "GET",
+            "/v1/sys/policies/acl?list=true",
+            &[("x-request-id", "abc-123".into())],
+            None,
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "abc-123");
+    assert_eq!(r.json["request_id"], "abc-123");
+}
+
+#[tokio::test]
+async fn policy_and_token_work_over_tcp_with_every_header_style() {
+    let d = Daemon::start_tcp();
+    // As root over the socket: a policy and a token holding it.
+    let r = d
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/reader",
+            Some(pol(
+                json!({"sys/policies/acl/*": {"capabilities": ["read", "list"]}}),
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let tok = make_token(&d, json!({"policies": ["reader"], "display_name": "app"})).await;
+
+    for (h, v) in [
+        ("x-vault-token", tok.clone()),
+        ("authorization", format!("Bearer {tok}")),
+        ("authorization", format!("Token {tok}")),
+    ] {
+        let r = d
+            .tcp_req(
+                "GET",
+                "/v1/sys/policies/acl/reader",
+                &[(h, v.clone())],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{h}: {}", r.text);
+        assert_eq!(
+            r.json["data"]["policy"]["path"]["sys/policies/acl/*"]["capabilities"],
+            json!(["read", "list"])
+        );
+        // Allowed to read, not to write.
+        let w = d
+            .tcp_req(
+                "PUT",
+                "/v1/sys/policies/acl/reader",
+                &[(h, v)],
+                Some(pol(json!({}))),
+            )
+            .await;
+        assert_eq!(w.status, 403, "{}", w.text);
+        assert_eq!(w.json, json!({"errors": ["permission denied"]}));
+    }
+    // Without a token TCP gets 403, even for what the default policy allows.
+    let r = d
+        .tcp_req("GET", "/v1/auth/token/lookup-self", &[], None)
+        .await;
+    assert_eq!(r.status, 403);
+    let r = d
+        .tcp_req("GET", "/v1/sys/policies/acl/reader", &[], None)
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json["errors"][0], "permission denied");
+    // A made-up token too.
+    let r = d
+        .tcp_req(
+            "GET",
+            "/v1/auth/token/lookup-self",
+            &[("x-vault-token", "tpd.nope".into())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // lookup-self tells the token's policies and entity.
+    let r = d
+        .tcp_req(
+            "GET",
+            "/v1/auth/token/lookup-self",
+            &[("x-vault-token", tok.clone())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["data"]["policies"], json!(["default", "reader"]));
+    assert_eq!(r.json["data"]["display_name"], "app");
+
+    // Revoke ends it.
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/revoke",
+            Some(json!({"token": tok})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = d
+        .tcp_req(
+            "GET",
+            "/v1/sys/policies/acl/reader",
+            &[("x-vault-token", tok.clone())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // An expired token is refused.
+    let short = make_token(&d, json!({"policies": ["reader"], "ttl": "1s"})).await;
+    let hdr = [("x-vault-token", short)];
+    assert_eq!(
+        d.tcp_req("GET", "/v1/sys/policies/acl/reader", &hdr, None)
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        d.tcp_req("GET", "/v1/sys/policies/acl/reader", &hdr, None)
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn child_tokens_get_no_more_than_their_parent() {
+    let d = Daemon::start();
+    d.req(
+        "PUT",
+        "/v1/sys/policies/acl/maker",
+        Some(pol(
+            json!({"auth/token/create": {"capabilities": ["update"]}}),
+        )),
+        None,
+    )
+    .await;
+    d.req(
+        "PUT",
+        "/v1/sys/policies/acl/other",
+        Some(pol(json!({"sys/*": {"capabilities": ["read"]}}))),
+        None,
+    )
+    .await;
+    let maker = make_token(&d, json!({"policies": ["maker"]})).await;
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["other"]})),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["root"]})),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["maker"], "entity_id": "someone-else"})),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["maker"]})),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[test]
+fn another_uid_is_its_own_entity_with_the_default_policy() {
+    if !can_switch_uid() {
+        return;
+    }
+    let d = Daemon::start();
+    let as_nobody = |args: &[&str]| {
+        let out = d
+            .cli()
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run client as uid 65534");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = as_nobody(&["api", "GET", "/v1/auth/token/lookup-self"]);
+    assert_eq!(code, Some(0), "{out} {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"]["entity_id"], "uid:65534");
+    assert_eq!(v["data"]["policies"], json!(["default"]));
+    // Refused what default does not allow: 403 in Vault's shape, exit code 1.
+    let (code, out, err) = as_nobody(&["api", "LIST", "/v1/sys/policies/acl"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("permission denied"), "{out}");
+    assert!(err.contains("403"), "{err}");
+    let (code, _, _) = as_nobody(&[
+        "api",
+        "PUT",
+        "/v1/sys/policies/acl/x",
+        "-d",
+        r#"{"policy":{"path":{}}}"#,
+    ]);
+    assert_eq!(code, Some(1));
+    let (code, _, _) = as_nobody(&["api", "POST", "/v1/auth/token/create", "-d", "{}"]);
+    assert_eq!(code, Some(1));
+    // Root over the socket is uid:0 with the root policy.
+    let out = d
+        .cli()
+        .args(["api", "GET", "/v1/auth/token/lookup-self"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["data"]["entity_id"], "uid:0");
+    assert_eq!(v["data"]["policies"], json!(["root"]));
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_and_wrong_key_refuses_to_start() {
+    let mut d = Daemon::start();
+    let tok = make_token(&d, json!({"policies": ["default"]})).await;
+    d.req(
+        "PUT",
+        "/v1/sys/policies/acl/keep",
+        Some(pol(json!({"a/*": {"capabilities": ["read"]}}))),
+        None,
+    )
+    .await;
+    assert_eq!(d.stop(), Some(0));
+
+    d.spawn().unwrap();
+    assert_eq!(
+        d.req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("GET", "/v1/sys/policies/acl/keep", None, None)
+            .await
+            .status,
+        200
+    );
+    // The root token is printed only on the first start.
+    assert!(!d.stdout().contains("tpd."));
+    assert_eq!(d.stop(), Some(0));
+
+    // No secret in clear in the database files: tokens are stored as hashes.
+    let db = d.db_bytes();
+    assert!(!db.is_empty());
+    for secret in [tok.as_str(), d.root_token().as_str()] {
+        assert!(
+            !contains(&db, secret.as_bytes()),
+            "a token is in the database in clear"
+        );
+    }
+
+    // Another key file: refuses to start and says why.
+    let other = d.dir.path().join("other.key");
+    std::fs::write(&other, [1u8; 32]).unwrap();
+    d.extra = vec!["--key-file".into(), other.display().to_string()];
+    let err = d.spawn().unwrap_err();
+    assert!(err.contains("does not open database"), "{err}");
+    assert!(err.contains("exit status: 1"), "{err}");
+    // And with the key file gone, it does not invent a new one.
+    d.extra = vec![];
+    std::fs::rename(d.data_dir.join("totpd.key"), d.dir.path().join("moved.key")).unwrap();
+    let err = d.spawn().unwrap_err();
+    assert!(err.contains("key file") && err.contains("missing"), "{err}");
+    assert!(!d.data_dir.join("totpd.key").exists());
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn bad_requests_get_vault_errors_and_change_nothing() {
+    let d = Daemon::start();
+    let before =
+        d.req("LIST", "/v1/sys/policies/acl", None, None).await.json["data"]["keys"].clone();
+
+    let malformed = d
+        .raw_unix(
+            "PUT",
+            "/v1/sys/policies/acl/x",
+            &[],
+            Some(b"{\"policy\": {".to_vec()),
+        )
+        .await;
+    assert_eq!(malformed.status, 400);
+    assert!(malformed.json["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+
+    let wrong_type = d
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/x",
+            Some(json!({"policy": 5})),
+            None,
+        )
+        .await;
+    assert_eq!(wrong_type.status, 400);
+    assert!(wrong_type.json["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("policy"));
+    let wrong_type = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": "x", "ttl": []})),
+            None,
+        )
+        .await;
+    assert_eq!(wrong_type.status, 400);
+    assert!(
+        wrong_type.json["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("policies"),
+        "{}",
+        wrong_type.text
+    );
+    let bad_cap = d
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/x",
+            Some(pol(json!({"a": {"capabilities": ["fly"]}}))),
+            None,
+        )
+        .await;
+    assert_eq!(bad_cap.status, 400);
+
+    let big = format!("{{\"policy\": \"{}\"}}", "a".repeat(100 * 1024));
+    let too_big = d
+        .raw_unix("PUT", "/v1/sys/policies/acl/x", &[], Some(big.into_bytes()))
+        .await;
+    assert_eq!(too_big.status, 413);
+    assert!(too_big.json["errors"].is_array());
+
+    let unknown = d.req("GET", "/v1/no/such/route", None, None).await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.json["errors"].is_array());
+
+    let wrong_method = d.req("DELETE", "/v1/sys/health", None, None).await;
+    assert_eq!(wrong_method.status, 405);
+    assert!(wrong_method.json["errors"].is_array());
+    let wrong_method = d.req("GET", "/v1/auth/token/create", None, None).await;
+    assert_eq!(wrong_method.status, 405);
+
+    let builtin = d
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/root",
+            Some(pol(json!({}))),
+            None,
+        )
+        .await;
+    assert_eq!(builtin.status, 400);
+
+    let after =
+        d.req("LIST", "/v1/sys/policies/acl", None, None).await.json["data"]["keys"].clone();
+    assert_eq!(before, after);
+    assert_eq!(
+        d.req("GET", "/v1/sys/policies/acl/x", None, None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn policies_read_list_delete() {
+    let d = Daemon::start();
+    // The document may come as a string of JSON, as Vault clients send it.
+    let doc = r#"{"path": {"api/v2/totp/*": {"capabilities": ["read"]}}}"#;
+    let r = d
+        .req(
+            "POST",
+            "/v1/sys/policies/acl/Agents",
+            Some(json!({"policy": doc})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = d
+        .req("GET", "/v1/sys/policies/acl/agents", None, None)
+        .await;
+    assert_eq!(
+        r.json["data"]["policy"],
+        serde_json::from_str::<Value>(doc).unwrap()
+    );
+    let r = d
+        .req("GET", "/v1/sys/policies/acl?list=true", None, None)
+        .await;
+    assert_eq!(r.json["data"]["keys"], json!(["agents", "default", "root"]));
+    assert_eq!(
+        d.req("GET", "/v1/sys/policies/acl", None, None)
+            .await
+            .status,
+        405
+    );
+    assert_eq!(
+        d.req("DELETE", "/v1/sys/policies/acl/agents", None, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        d.req("GET", "/v1/sys/policies/acl/agents", None, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        d.req("DELETE", "/v1/sys/policies/acl/default", None, None)
+            .await
+            .status,
+        400
+    );
+    let r = d
+        .req("GET", "/v1/sys/policies/acl/default", None, None)
+        .await;
+    assert!(r.json["data"]["policy"]["path"]["auth/token/lookup-self"].is_object());
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let d = Daemon::start();
+    let r = d.req("GET", "/v1/sys/openapi", None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(r.json["paths"]["/v1/sys/health"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn a_live_daemon_is_not_displaced_and_a_stale_socket_is_replaced() {
+    let mut d = Daemon::start();
+    // A second daemon on the same socket refuses.
+    let out = d.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+    assert_eq!(d.req("GET", "/v1/sys/health", None, None).await.status, 200);
+    // Killed hard, it leaves a stale socket file; the next start replaces it.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(d.socket.exists());
+    d.spawn().unwrap();
+    assert_eq!(d.req("GET", "/v1/sys/health", None, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start_with(&["--header-timeout", "1"], false);
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    s.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The daemon closes the connection (possibly after a 408); it does not wait forever.
+    let read = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 8s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_loses_no_acknowledged_write() {
+    let mut d = Daemon::start();
+    let sock = d.socket.clone();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let sock = sock.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5000 {
+                let name = format!("load-{t}-{i}");
+                let Ok(s) = tokio::net::UnixStream::connect(&sock).await else {
+                    break;
+                };
+                let body =
+                    json!({"policy": {"path": {"x/*": {"capabilities": ["read"]}}}}).to_string();
+                match common::send(
+                    s,
+                    "PUT",
+                    &format!("/v1/sys/policies/acl/{name}"),
+                    &[],
+                    Some(body.into_bytes()),
+                )
+                .await
+                {
+                    Ok(r) if r.status == 204 => acked.lock().unwrap().push(name),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = d.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let code = common::wait_timeout(d.child.as_mut().unwrap(), Duration::from_secs(40));
+    d.child = None;
+    assert_eq!(code, Some(0), "{}", d.stderr());
+    assert!(!d.socket.exists(), "socket file left behind");
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
+
+    d.spawn().unwrap();
+    let r = d.req("LIST", "/v1/sys/policies/acl", None, None).await;
+    let keys: Vec<String> = serde_json::from_value(r.json["data"]["keys"].clone()).unwrap();
+    let missing: Vec<_> = acked.iter().filter(|n| !keys.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}

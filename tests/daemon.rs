@@ -636,3 +636,83 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
         missing.first()
     );
 }
+
+#[tokio::test]
+async fn systemd_socket_activation_is_accepted() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = listener.as_raw_fd();
+    // systemd passes the socket as fd 3 and names the receiving pid; `exec` keeps the
+    // shell's pid, so $$ is the daemon's pid.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve --dev --data-dir {}",
+            common::BIN,
+            dir.path().join("data").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::dup2(fd, 3)
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut ok = false;
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
+            if let Ok(r) = common::send(s, "GET", "/v1/sys/health", &[], None).await {
+                ok = r.status == 200;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Its own default socket was not created: the activated one is used instead.
+    assert!(!dir.path().join("data").join("totpd.sock").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        common::wait_timeout(&mut child, Duration::from_secs(20)),
+        Some(0)
+    );
+    assert!(ok, "no answer on the activated socket");
+    // systemd owns the socket file; the daemon leaves it alone.
+    assert!(sock.exists());
+}
+
+#[tokio::test]
+async fn logs_carry_one_line_per_request_and_no_token() {
+    let mut d = Daemon::start();
+    let tok = make_token(&d, json!({"policies": ["default"]})).await;
+    d.req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+        .await;
+    d.req(
+        "POST",
+        "/v1/auth/token/revoke",
+        Some(json!({"token": tok})),
+        None,
+    )
+    .await;
+    d.stop();
+    let log = d.stderr();
+    assert!(!log.contains(&tok), "a token reached the log");
+    assert!(!log.contains(&d.root_token()));
+    let line = log
+        .lines()
+        .find(|l| l.contains("route=/v1/auth/token/lookup-self"))
+        .expect("request line");
+    for part in ["method=GET", "status=200", "ms=", "entity="] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+}

@@ -1,1 +1,416 @@
-//! The TOTP core: codes, verification window, replay, lockout. No HTTP, no clock.
+//! The TOTP core: codes (RFC 6238 on totp-rs), verification with a skew window, replay
+//! refusal, consecutive-failure lockout, secret generation, base32, otpauth URIs and QR
+//! images. No HTTP and no clock: `now` is always an argument.
+
+pub mod qr;
+pub mod uri;
+
+use std::sync::LazyLock;
+
+use totp_rs::TOTP;
+
+/// Consecutive failures before a lock when the surface sets no other limit.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// HMAC hash of a TOTP secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    /// Parses `SHA1`, `SHA256`, `SHA512` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "SHA1" => Some(Algorithm::Sha1),
+            "SHA256" => Some(Algorithm::Sha256),
+            "SHA512" => Some(Algorithm::Sha512),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha256 => "SHA256",
+            Algorithm::Sha512 => "SHA512",
+        }
+    }
+
+    fn totp_rs(self) -> totp_rs::Algorithm {
+        match self {
+            Algorithm::Sha1 => totp_rs::Algorithm::SHA1,
+            Algorithm::Sha256 => totp_rs::Algorithm::SHA256,
+            Algorithm::Sha512 => totp_rs::Algorithm::SHA512,
+        }
+    }
+}
+
+/// How codes are made from a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub algorithm: Algorithm,
+    /// 6 or 8.
+    pub digits: u32,
+    /// Seconds per step, at least 1.
+    pub period: u64,
+}
+
+impl Params {
+    /// The time step that contains unix time `t`.
+    pub fn step(&self, t: i64) -> i64 {
+        t.max(0) / self.period as i64
+    }
+
+    /// Whole seconds until the code of time `t` changes: 1..=period.
+    pub fn remaining(&self, t: i64) -> u64 {
+        self.period - (t.max(0) as u64 % self.period)
+    }
+}
+
+/// The code for time step `step`.
+pub fn code_for_step(secret: &[u8], p: &Params, step: i64) -> String {
+    // new_unchecked: the length floor is each surface's policy (80 bits for imported
+    // agent secrets), and digits are checked where params are built.
+    let totp = TOTP::new_unchecked(
+        p.algorithm.totp_rs(),
+        p.digits as usize,
+        0,
+        p.period,
+        secret.to_vec(),
+    );
+    totp.generate(step.max(0) as u64 * p.period)
+}
+
+/// The code at unix time `t`.
+pub fn code_at(secret: &[u8], p: &Params, t: i64) -> String {
+    code_for_step(secret, p, p.step(t))
+}
+
+/// What a secret remembers between verifications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyState {
+    /// The last accepted time step; codes at or before it are refused (RFC 6238 §5.2).
+    pub last_step: Option<i64>,
+    /// Consecutive failures since the last success or lock.
+    pub failures: u32,
+    /// Unix time until which every code is refused.
+    pub locked_until: Option<i64>,
+}
+
+/// The verification policy of the secret's owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Steps accepted either side of the current one.
+    pub skew: u32,
+    /// Consecutive failures that lock the secret for one period.
+    pub max_attempts: u32,
+}
+
+/// Why a code was refused. For logs and metrics only: callers get one answer for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed,
+    Invalid,
+    Replay,
+    Locked,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::Invalid => "invalid",
+            Refusal::Replay => "replay",
+            Refusal::Locked => "locked",
+        }
+    }
+}
+
+/// The outcome of one verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted { step: i64 },
+    Refused(Refusal),
+}
+
+/// Checks `code` against `secret` at `now` and returns the outcome with the state to
+/// store. Pure: the caller reads and writes the state in one transaction.
+///
+/// A code is trimmed and must then be exactly `digits` ASCII digits; anything else is
+/// a failed attempt like a wrong code, so it cannot slip past the counter. A locked
+/// secret refuses even the right code; once the lock has passed the count restarts.
+pub fn verify(
+    secret: &[u8],
+    p: &Params,
+    w: &Window,
+    code: &str,
+    now: i64,
+    state: VerifyState,
+) -> (Outcome, VerifyState) {
+    let mut st = state;
+    if let Some(until) = st.locked_until {
+        if now < until {
+            return (Outcome::Refused(Refusal::Locked), st);
+        }
+        st.locked_until = None;
+        st.failures = 0;
+    }
+    let code = code.trim();
+    let refusal = if code.len() != p.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        Refusal::Malformed
+    } else {
+        let current = p.step(now);
+        let skew = w.skew as i64;
+        // Every candidate is computed and compared, so timing does not tell which matched.
+        let mut matched = None;
+        for step in (current - skew).max(0)..=current + skew {
+            let expected = code_for_step(secret, p, step);
+            if constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+                matched = Some(step);
+            }
+        }
+        match matched {
+            Some(step) if st.last_step.is_some_and(|last| step <= last) => Refusal::Replay,
+            Some(step) => {
+                st.last_step = Some(step);
+                st.failures = 0;
+                st.locked_until = None;
+                return (Outcome::Accepted { step }, st);
+            }
+            None => Refusal::Invalid,
+        }
+    };
+    st.failures = st.failures.saturating_add(1);
+    if st.failures >= w.max_attempts.max(1) {
+        st.locked_until = Some(now + p.period as i64);
+        st.failures = 0;
+    }
+    (Outcome::Refused(refusal), st)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A new secret of `len` bytes from the OS RNG.
+pub fn generate_secret(len: usize) -> Result<Vec<u8>, getrandom::Error> {
+    let mut s = vec![0u8; len];
+    getrandom::getrandom(&mut s)?;
+    Ok(s)
+}
+
+/// Base32 without padding, as authenticator apps show it.
+pub fn encode_base32(secret: &[u8]) -> String {
+    data_encoding::BASE32_NOPAD.encode(secret)
+}
+
+/// Lenient base32 as services print it: any case, spaces, dashes and padding allowed;
+/// unused trailing bits are ignored.
+pub fn decode_base32(s: &str) -> Option<Vec<u8>> {
+    static LENIENT: LazyLock<data_encoding::Encoding> = LazyLock::new(|| {
+        let mut spec = data_encoding::BASE32_NOPAD.specification();
+        spec.check_trailing_bits = false;
+        spec.encoding()
+            .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
+    });
+    let cleaned: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect::<String>()
+        .trim_end_matches('=')
+        .to_ascii_uppercase();
+    if cleaned.is_empty() {
+        return None;
+    }
+    LENIENT.decode(cleaned.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED20: &[u8] = b"12345678901234567890";
+    const SEED32: &[u8] = b"12345678901234567890123456789012";
+    const SEED64: &[u8] = b"1234567890123456789012345678901234567890123456789012345678901234";
+
+    fn p(algorithm: Algorithm, digits: u32, period: u64) -> Params {
+        Params {
+            algorithm,
+            digits,
+            period,
+        }
+    }
+
+    /// RFC 6238 appendix B, every row.
+    #[test]
+    fn rfc6238_appendix_b() {
+        let rows: &[(i64, &str, &str, &str)] = &[
+            (59, "94287082", "46119246", "90693936"),
+            (1111111109, "07081804", "68084774", "25091201"),
+            (1111111111, "14050471", "67062674", "99943326"),
+            (1234567890, "89005924", "91819424", "93441116"),
+            (2000000000, "69279037", "90698825", "38618901"),
+            (20000000000, "65353130", "77737706", "47863826"),
+        ];
+        for (t, sha1, sha256, sha512) in rows {
+            assert_eq!(
+                code_at(SEED20, &p(Algorithm::Sha1, 8, 30), *t),
+                *sha1,
+                "SHA1 at {t}"
+            );
+            assert_eq!(
+                code_at(SEED32, &p(Algorithm::Sha256, 8, 30), *t),
+                *sha256,
+                "SHA256 at {t}"
+            );
+            assert_eq!(
+                code_at(SEED64, &p(Algorithm::Sha512, 8, 30), *t),
+                *sha512,
+                "SHA512 at {t}"
+            );
+            // Six digits are the last six of eight.
+            assert_eq!(code_at(SEED20, &p(Algorithm::Sha1, 6, 30), *t), &sha1[2..]);
+        }
+    }
+
+    fn w(skew: u32, max: u32) -> Window {
+        Window {
+            skew,
+            max_attempts: max,
+        }
+    }
+
+    #[test]
+    fn accepts_once_then_refuses_replay_and_older_steps() {
+        let pr = p(Algorithm::Sha1, 6, 30);
+        let now = 1_000_000_000;
+        let code = code_at(SEED20, &pr, now);
+        let (o, st) = verify(SEED20, &pr, &w(1, 5), &code, now, VerifyState::default());
+        assert_eq!(o, Outcome::Accepted { step: now / 30 });
+        let (o, st2) = verify(SEED20, &pr, &w(1, 5), &code, now + 1, st);
+        assert_eq!(o, Outcome::Refused(Refusal::Replay));
+        assert_eq!(st2.failures, 1, "a replay counts as a failure");
+        let prev = code_at(SEED20, &pr, now - 30);
+        let (o, _) = verify(SEED20, &pr, &w(1, 5), &prev, now, st);
+        assert_eq!(o, Outcome::Refused(Refusal::Replay));
+        // The next step's code is fine.
+        let next = code_at(SEED20, &pr, now + 30);
+        let (o, _) = verify(SEED20, &pr, &w(1, 5), &next, now + 30, st);
+        assert!(matches!(o, Outcome::Accepted { .. }));
+    }
+
+    #[test]
+    fn skew_window() {
+        let pr = p(Algorithm::Sha256, 8, 30);
+        let now = 1_500_000_015;
+        let prev = code_at(SEED32, &pr, now - 30);
+        let next = code_at(SEED32, &pr, now + 30);
+        let far = code_at(SEED32, &pr, now - 60);
+        let s = VerifyState::default();
+        assert_eq!(
+            verify(SEED32, &pr, &w(0, 5), &prev, now, s).0,
+            Outcome::Refused(Refusal::Invalid)
+        );
+        assert!(matches!(
+            verify(SEED32, &pr, &w(1, 5), &prev, now, s).0,
+            Outcome::Accepted { .. }
+        ));
+        assert!(matches!(
+            verify(SEED32, &pr, &w(1, 5), &next, now, s).0,
+            Outcome::Accepted { .. }
+        ));
+        assert_eq!(
+            verify(SEED32, &pr, &w(1, 5), &far, now, s).0,
+            Outcome::Refused(Refusal::Invalid)
+        );
+    }
+
+    #[test]
+    fn lockout_for_one_period_then_the_count_restarts() {
+        let pr = p(Algorithm::Sha1, 6, 30);
+        let now = 1_700_000_000;
+        let good = code_at(SEED20, &pr, now);
+        let mut st = VerifyState::default();
+        for i in 1..=3 {
+            let (o, s) = verify(SEED20, &pr, &w(1, 3), "000000x", now, st);
+            assert_eq!(o, Outcome::Refused(Refusal::Malformed));
+            st = s;
+            if i < 3 {
+                assert_eq!(st.failures, i);
+            }
+        }
+        assert_eq!(st.locked_until, Some(now + 30));
+        let (o, st2) = verify(SEED20, &pr, &w(1, 3), &good, now + 29, st);
+        assert_eq!(o, Outcome::Refused(Refusal::Locked));
+        assert_eq!(st2, st, "a refused attempt while locked changes nothing");
+        let later = now + 30;
+        let (o, st3) = verify(
+            SEED20,
+            &pr,
+            &w(1, 3),
+            &code_at(SEED20, &pr, later),
+            later,
+            st,
+        );
+        assert!(matches!(o, Outcome::Accepted { .. }));
+        assert_eq!((st3.failures, st3.locked_until), (0, None));
+    }
+
+    #[test]
+    fn input_is_trimmed_and_must_be_exact_digits() {
+        let pr = p(Algorithm::Sha1, 6, 30);
+        let now = 1_234_567_890;
+        let good = code_at(SEED20, &pr, now);
+        let s = VerifyState::default();
+        assert!(matches!(
+            verify(SEED20, &pr, &w(0, 5), &format!(" {good}\n"), now, s).0,
+            Outcome::Accepted { .. }
+        ));
+        for bad in [
+            "",
+            "12345",
+            "1234567",
+            "12 456",
+            "١٢٣٤٥٦",
+            &format!("+{}", &good[1..]),
+        ] {
+            let (o, st) = verify(SEED20, &pr, &w(0, 5), bad, now, s);
+            assert_eq!(o, Outcome::Refused(Refusal::Malformed), "{bad:?}");
+            assert_eq!(st.failures, 1);
+        }
+    }
+
+    #[test]
+    fn remaining_seconds() {
+        let pr = p(Algorithm::Sha1, 6, 30);
+        assert_eq!(pr.remaining(0), 30);
+        assert_eq!(pr.remaining(29), 1);
+        assert_eq!(pr.remaining(30), 30);
+    }
+
+    #[test]
+    fn base32_is_lenient_like_services_print_it() {
+        let s = generate_secret(20).unwrap();
+        let enc = encode_base32(&s);
+        assert_eq!(decode_base32(&enc).unwrap(), s);
+        let spaced: String = enc
+            .to_lowercase()
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(4)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(decode_base32(&spaced).unwrap(), s);
+        assert_eq!(
+            decode_base32("JBSWY3DPEHPK3PXP====").unwrap(),
+            b"Hello!\xde\xad\xbe\xef"
+        );
+        assert!(decode_base32("not base32!").is_none());
+        assert!(decode_base32("").is_none());
+        assert!(decode_base32("A").is_none());
+    }
+}

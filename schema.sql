@@ -36,3 +36,45 @@ CREATE TABLE tokens (
     expires_at   INTEGER                   -- unix seconds; NULL never expires
 ) STRICT;
 CREATE INDEX tokens_expires_at ON tokens(expires_at) WHERE expires_at IS NOT NULL;
+
+-- migrate: 2
+
+-- Every TOTP secret, whichever surface owns it, with the state its verification keeps.
+-- sealed: key id (1 byte) || 24-byte nonce || XChaCha20-Poly1305 ciphertext, with
+-- associated data "totpd/v1/otp_secrets/<id>", so it opens only in this row.
+CREATE TABLE otp_secrets (
+    id           TEXT PRIMARY KEY,
+    sealed       BLOB NOT NULL,
+    algorithm    TEXT NOT NULL CHECK (algorithm IN ('SHA1', 'SHA256', 'SHA512')),
+    digits       INTEGER NOT NULL CHECK (digits IN (6, 8)),
+    period       INTEGER NOT NULL CHECK (period > 0),
+    last_step    INTEGER,                  -- last accepted time step: replays are refused
+    failures     INTEGER NOT NULL DEFAULT 0, -- consecutive failed attempts
+    locked_until INTEGER,                  -- unix seconds; every code refused until then
+    created_at   INTEGER NOT NULL
+) STRICT;
+
+-- Vault identity MFA TOTP methods (/v1/identity/mfa/method/totp).
+CREATE TABLE mfa_methods (
+    id                      TEXT PRIMARY KEY,   -- uuid
+    name                    TEXT UNIQUE,        -- method_name, optional
+    issuer                  TEXT NOT NULL,
+    period                  INTEGER NOT NULL,
+    key_size                INTEGER NOT NULL,
+    qr_size                 INTEGER NOT NULL,
+    algorithm               TEXT NOT NULL,
+    digits                  INTEGER NOT NULL,
+    skew                    INTEGER NOT NULL,
+    max_validation_attempts INTEGER NOT NULL,
+    created_at              INTEGER NOT NULL
+) STRICT;
+
+-- Which entity holds a secret for which method. A method cannot be deleted while
+-- any entity still holds one (RESTRICT); destroying the secret removes the row (CASCADE).
+CREATE TABLE mfa_secrets (
+    method_id  TEXT NOT NULL REFERENCES mfa_methods(id) ON DELETE RESTRICT,
+    entity_id  TEXT NOT NULL,
+    secret_id  TEXT NOT NULL UNIQUE REFERENCES otp_secrets(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (method_id, entity_id)
+) STRICT;

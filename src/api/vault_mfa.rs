@@ -1,11 +1,459 @@
-//! Surface 1: HashiCorp Vault's identity MFA TOTP methods.
+//! Surface 1: HashiCorp Vault's identity MFA TOTP methods, under
+//! `/v1/identity/mfa/method/totp`, with Vault's envelope, errors, defaults and bounds,
+//! plus `validate`, which Vault only does inside its own login.
 
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
-use super::AppState;
+use super::vault::{self, caller, flex_int, flex_seconds, VaultError};
+use super::{now, read_json, AppState, Ctx};
+use crate::auth::{Caller, Capability};
+use crate::otp::{self, qr, uri, Algorithm};
+use crate::store::{Enroll, MethodDelete, MethodRecord, MethodWrite, MfaCheck};
 
-pub const ROUTES: &[(&str, &str)] = &[];
+const BASE: &str = "/v1/identity/mfa/method/totp";
+/// The ACL path of the method collection.
+const ACL: &str = "identity/mfa/method/totp";
+
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/identity/mfa/method/totp"),
+    ("GET", "/v1/identity/mfa/method/totp"),
+    ("GET", "/v1/identity/mfa/method/totp/{method_id}"),
+    ("POST", "/v1/identity/mfa/method/totp/{method_id}"),
+    ("DELETE", "/v1/identity/mfa/method/totp/{method_id}"),
+    ("POST", "/v1/identity/mfa/method/totp/generate"),
+    ("POST", "/v1/identity/mfa/method/totp/admin-generate"),
+    ("POST", "/v1/identity/mfa/method/totp/admin-destroy"),
+    ("POST", "/v1/identity/mfa/method/totp/validate"),
+];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route(BASE, post(create).put(create).get(list))
+        .route(&format!("{BASE}/generate"), post(generate).put(generate))
+        .route(
+            &format!("{BASE}/admin-generate"),
+            post(admin_generate).put(admin_generate),
+        )
+        .route(
+            &format!("{BASE}/admin-destroy"),
+            post(admin_destroy).put(admin_destroy),
+        )
+        .route(&format!("{BASE}/validate"), post(validate).put(validate))
+        .route(
+            &format!("{BASE}/{{method_id}}"),
+            get(read).post(update).put(update).delete(delete),
+        )
+}
+
+type Res = Result<Response, VaultError>;
+
+// ----- method configuration -----
+
+/// Create and update take the same fields, with Vault's defaults for what is missing.
+#[derive(Deserialize)]
+struct MethodReq {
+    method_name: Option<String>,
+    issuer: Option<String>,
+    #[serde(default, deserialize_with = "flex_seconds")]
+    period: Option<i64>,
+    #[serde(default, deserialize_with = "flex_int")]
+    key_size: Option<i64>,
+    #[serde(default, deserialize_with = "flex_int")]
+    qr_size: Option<i64>,
+    algorithm: Option<String>,
+    #[serde(default, deserialize_with = "flex_int")]
+    digits: Option<i64>,
+    #[serde(default, deserialize_with = "flex_int")]
+    skew: Option<i64>,
+    #[serde(default, deserialize_with = "flex_int")]
+    max_validation_attempts: Option<i64>,
+}
+
+/// Bounds beyond Vault's: a key under 80 bits is too weak to hand out, and an image
+/// over 2048 pixels square is a memory sink.
+const KEY_SIZE: std::ops::RangeInclusive<i64> = 10..=64;
+const MAX_QR: i64 = 2048;
+const MAX_PERIOD: i64 = 86_400;
+
+impl MethodReq {
+    /// Checks every field (Vault's order and defaults) into a record for `id`.
+    fn into_record(self, id: String, now: i64) -> Result<MethodRecord, VaultError> {
+        let bad = |m: &str| Err(VaultError::bad_request(m));
+        let issuer = self
+            .issuer
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let algorithm = match self.algorithm.as_deref() {
+            None => Algorithm::Sha1,
+            Some(a) => match Algorithm::parse(a) {
+                Some(a) => a,
+                None => {
+                    return bad(&format!(
+                        "algorithm: {a:?} is not one of SHA1, SHA256, SHA512"
+                    ))
+                }
+            },
+        };
+        let digits = self.digits.unwrap_or(6);
+        if digits != 6 && digits != 8 {
+            return bad(&format!("digits: can only be 6 or 8, not {digits}"));
+        }
+        let period = self.period.unwrap_or(30);
+        if !(1..=MAX_PERIOD).contains(&period) {
+            return bad(&format!(
+                "period: must be from 1 second to {MAX_PERIOD} seconds, not {period}"
+            ));
+        }
+        let skew = self.skew.unwrap_or(1);
+        if skew != 0 && skew != 1 {
+            return bad(&format!("skew: must be 0 or 1, not {skew}"));
+        }
+        let key_size = self.key_size.unwrap_or(20);
+        if !KEY_SIZE.contains(&key_size) {
+            return bad(&format!(
+                "key_size: must be from {} to {} bytes, not {key_size}",
+                KEY_SIZE.start(),
+                KEY_SIZE.end()
+            ));
+        }
+        if issuer.is_empty() {
+            return bad("issuer: must be set");
+        }
+        let qr_size = self.qr_size.unwrap_or(200);
+        if !(0..=MAX_QR).contains(&qr_size) {
+            return bad(&format!(
+                "qr_size: must be from 0 (no image) to {MAX_QR}, not {qr_size}"
+            ));
+        }
+        if qr_size > 0 {
+            // A URL as long as generate will make: a uuid entity, a key_size secret.
+            let sample_secret = vec![0u8; key_size as usize];
+            let p = otp::Params {
+                algorithm,
+                digits: digits as u32,
+                period: period as u64,
+            };
+            let sample = uri::build(&issuer, &uuid::Uuid::nil().to_string(), &sample_secret, &p);
+            match qr::min_size(&sample) {
+                Ok(min) if qr_size < i64::from(min) => {
+                    return bad(&format!("qr_size: {qr_size} is too small for this method's QR code, which needs at least {min} pixels"))
+                }
+                Ok(_) => {}
+                Err(_) => return bad("issuer: too long to fit in a QR code"),
+            }
+        }
+        let max_validation_attempts = match self.max_validation_attempts.unwrap_or(0) {
+            n if n < 0 => {
+                return bad(&format!(
+                    "max_validation_attempts: must not be negative, not {n}"
+                ))
+            }
+            0 => i64::from(otp::DEFAULT_MAX_ATTEMPTS),
+            n => n,
+        };
+        let name = self
+            .method_name
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        Ok(MethodRecord {
+            id,
+            name,
+            issuer,
+            period,
+            key_size,
+            qr_size,
+            algorithm: algorithm.as_str().to_string(),
+            digits,
+            skew,
+            max_validation_attempts,
+            created_at: now,
+        })
+    }
+}
+
+/// Vault's read shape for a method.
+fn method_json(m: &MethodRecord) -> Value {
+    json!({
+        "id": m.id,
+        "name": m.name.clone().unwrap_or_default(),
+        "type": "totp",
+        "namespace_id": "root",
+        "namespace_path": "",
+        "issuer": m.issuer,
+        "period": m.period,
+        "key_size": m.key_size,
+        "qr_size": m.qr_size,
+        "algorithm": m.algorithm,
+        "digits": m.digits,
+        "skew": m.skew,
+        "max_validation_attempts": m.max_validation_attempts,
+    })
+}
+
+/// A method id must be a UUID; returned lower-case, hyphenated.
+fn method_id(field: &str, raw: &str) -> Result<String, VaultError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(VaultError::bad_request(format!("{field}: must be set")));
+    }
+    uuid::Uuid::parse_str(raw)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| VaultError::bad_request(format!("{field}: {raw:?} is not a UUID")))
+}
+
+fn no_such_method(id: &str) -> VaultError {
+    VaultError::new(
+        StatusCode::NOT_FOUND,
+        format!("method_id: no TOTP method with id {id}"),
+    )
+}
+
+fn name_taken(m: &MethodRecord) -> VaultError {
+    VaultError::bad_request(format!(
+        "method_name: a login MFA method configuration with the method name {:?} already exists",
+        m.name.as_deref().unwrap_or_default()
+    ))
+}
+
+fn require_write(who: &Caller, path: &str) -> Result<(), VaultError> {
+    if who.allowed(path, Capability::Update) || who.allowed(path, Capability::Create) {
+        Ok(())
+    } else {
+        Err(VaultError::denied())
+    }
+}
+
+async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    require_write(caller(&ctx)?, ACL)?;
+    let req: MethodReq = read_json(body).await?;
+    let rec = req.into_record(uuid::Uuid::new_v4().to_string(), now())?;
+    match st.store.create_method(rec.clone()).await? {
+        MethodWrite::Done => Ok(vault::ok(&ctx, json!({ "method_id": rec.id }))),
+        MethodWrite::NameTaken => Err(name_taken(&rec)),
+        MethodWrite::NotFound => Err(no_such_method(&rec.id)),
+    }
+}
+
+/// As in Vault, an update replaces the whole configuration: fields left out go back to
+/// their defaults, and `issuer` is required again. `method_name` is kept if left out.
+async fn update(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Res {
+    let id = method_id("method_id", &raw)?;
+    require_write(caller(&ctx)?, &format!("{ACL}/{id}"))?;
+    let req: MethodReq = read_json(body).await?;
+    let rec = req.into_record(id.clone(), now())?;
+    match st.store.update_method(rec.clone()).await? {
+        MethodWrite::Done => Ok(vault::no_content()),
+        MethodWrite::NameTaken => Err(name_taken(&rec)),
+        MethodWrite::NotFound => Err(no_such_method(&id)),
+    }
+}
+
+async fn read(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+) -> Res {
+    let id = method_id("method_id", &raw)?;
+    caller(&ctx)?.require(&format!("{ACL}/{id}"), Capability::Read)?;
+    let m = st
+        .store
+        .get_method(id.clone())
+        .await?
+        .ok_or_else(|| no_such_method(&id))?;
+    Ok(vault::ok(&ctx, method_json(&m)))
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+) -> Res {
+    let id = method_id("method_id", &raw)?;
+    caller(&ctx)?.require(&format!("{ACL}/{id}"), Capability::Delete)?;
+    match st.store.delete_method(id.clone()).await? {
+        MethodDelete::Deleted => Ok(vault::no_content()),
+        MethodDelete::NotFound => Err(no_such_method(&id)),
+        MethodDelete::InUse => Err(VaultError::bad_request(
+            "method_id: the method is in use: entities still hold secrets for it (admin-destroy them first)",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    list: Option<String>,
+}
+
+async fn list(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<ListQuery>,
+) -> Res {
+    if q.list.as_deref() != Some("true") {
+        return Err(VaultError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "unsupported operation: use LIST or ?list=true",
+        ));
+    }
+    caller(&ctx)?.require(ACL, Capability::List)?;
+    let methods = st.store.list_methods().await?;
+    if methods.is_empty() {
+        // Vault answers an empty list with 404.
+        return Err(VaultError::not_found());
+    }
+    let keys: Vec<&str> = methods.iter().map(|m| m.id.as_str()).collect();
+    let info: Map<String, Value> = methods
+        .iter()
+        .map(|m| (m.id.clone(), method_json(m)))
+        .collect();
+    Ok(vault::ok(&ctx, json!({ "keys": keys, "key_info": info })))
+}
+
+// ----- secrets -----
+
+#[derive(Deserialize)]
+struct MethodEntity {
+    #[serde(default)]
+    method_id: String,
+    #[serde(default)]
+    entity_id: String,
+}
+
+/// Generates a secret for `entity`: the QR image is made before anything is stored, so
+/// a failure leaves no secret nobody has seen.
+async fn generate_for(st: &AppState, ctx: &Ctx, method_id: String, entity: String) -> Res {
+    let m = st
+        .store
+        .get_method(method_id.clone())
+        .await?
+        .ok_or_else(|| no_such_method(&method_id))?;
+    let params = m.params()?;
+    let secret = otp::generate_secret(m.key_size as usize).map_err(|e| vault::internal(&e))?;
+    let url = uri::build(&m.issuer, &entity, &secret, &params);
+    let barcode = if m.qr_size > 0 {
+        qr::png_base64(&url, m.qr_size as u32)
+            .map_err(|e| VaultError::bad_request(format!("qr_size: {e}")))?
+    } else {
+        String::new()
+    };
+    match st
+        .store
+        .mfa_enroll(method_id.clone(), entity, secret, params, now())
+        .await?
+    {
+        Enroll::Created => Ok(vault::ok(ctx, json!({ "barcode": barcode, "url": url }))),
+        Enroll::Exists => Ok(vault::warning(
+            ctx,
+            format!(
+                "Entity already has a secret for MFA method {:?}",
+                m.name.clone().unwrap_or_default()
+            ),
+        )),
+        Enroll::NoMethod => Err(no_such_method(&method_id)),
+    }
+}
+
+async fn generate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    let who = caller(&ctx)?;
+    require_write(who, &format!("{ACL}/generate"))?;
+    let req: MethodEntity = read_json(body).await?;
+    let id = method_id("method_id", &req.method_id)?;
+    generate_for(&st, &ctx, id, who.entity_id.clone()).await
+}
+
+/// Checks sudo on an admin path and returns (method_id, entity_id) from the body.
+async fn admin_target(ctx: &Ctx, path: &str, body: Body) -> Result<(String, String), VaultError> {
+    let who = caller(ctx)?;
+    require_write(who, path)?;
+    who.require(path, Capability::Sudo)?;
+    let req: MethodEntity = read_json(body).await?;
+    let id = method_id("method_id", &req.method_id)?;
+    let entity = req.entity_id.trim().to_string();
+    if entity.is_empty() {
+        return Err(VaultError::bad_request("entity_id: must be set"));
+    }
+    Ok((id, entity))
+}
+
+async fn admin_generate(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    body: Body,
+) -> Res {
+    let (id, entity) = admin_target(&ctx, &format!("{ACL}/admin-generate"), body).await?;
+    generate_for(&st, &ctx, id, entity).await
+}
+
+async fn admin_destroy(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    body: Body,
+) -> Res {
+    let (id, entity) = admin_target(&ctx, &format!("{ACL}/admin-destroy"), body).await?;
+    if st.store.get_method(id.clone()).await?.is_none() {
+        return Err(no_such_method(&id));
+    }
+    st.store.mfa_destroy(id, entity).await?;
+    Ok(vault::no_content())
+}
+
+#[derive(Deserialize)]
+struct ValidateReq {
+    #[serde(default)]
+    method_id: String,
+    passcode: Option<String>,
+    entity_id: Option<String>,
+}
+
+/// One answer for every refusal (wrong, replayed, malformed, locked): the reason goes
+/// to the log only.
+async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    let who = caller(&ctx)?;
+    let path = format!("{ACL}/validate");
+    require_write(who, &path)?;
+    let req: ValidateReq = read_json(body).await?;
+    let id = method_id("method_id", &req.method_id)?;
+    let passcode = req
+        .passcode
+        .ok_or_else(|| VaultError::bad_request("passcode: must be set"))?;
+    let entity = match req
+        .entity_id
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+    {
+        Some(e) if e != who.entity_id => {
+            who.require(&path, Capability::Sudo)?;
+            e
+        }
+        _ => who.entity_id.clone(),
+    };
+    match st
+        .store
+        .mfa_verify(id.clone(), entity.clone(), passcode, now())
+        .await?
+    {
+        MfaCheck::Checked(otp::Outcome::Accepted { .. }) => {
+            Ok(vault::ok(&ctx, json!({ "valid": true })))
+        }
+        MfaCheck::Checked(otp::Outcome::Refused(reason)) => {
+            tracing::info!(method_id = %id, entity = %entity, reason = reason.as_str(), request_id = %ctx.request_id, "passcode refused");
+            Err(VaultError::new(StatusCode::FORBIDDEN, "invalid passcode"))
+        }
+        MfaCheck::NoMethod => Err(no_such_method(&id)),
+        MfaCheck::NoSecret => Err(VaultError::bad_request(
+            "entity_id: the entity has no TOTP secret for this method (generate one first)",
+        )),
+    }
 }

@@ -4,6 +4,8 @@
 //! Writes go to one writer thread ([`writer`]) that group-commits; reads run on a small
 //! pool of read-only connections on blocking threads, never on a tokio worker.
 
+mod mfa;
+mod otp_secrets;
 pub mod seal;
 mod writer;
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+pub use mfa::{Enroll, MethodDelete, MethodRecord, MethodWrite, MfaCheck};
 pub use seal::Sealer;
 use writer::Writer;
 
@@ -117,11 +120,6 @@ impl Store {
             r.clear();
         }
         self.inner.writer.shutdown();
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn sealer(&self) -> &Sealer {
-        &self.inner.sealer
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -1,0 +1,119 @@
+//! Rows of `otp_secrets`: sealing on insert, and the check-and-record of a code, shared
+//! by every surface that keeps TOTP secrets.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Sealer, StoreError};
+use crate::otp::{self, Algorithm, Outcome, Params, VerifyState, Window};
+
+/// Associated data binding a sealed secret to its row.
+pub(super) fn aad(id: &str) -> String {
+    format!("totpd/v1/otp_secrets/{id}")
+}
+
+/// Inserts a new secret row, sealed for `id`.
+pub(super) fn insert(
+    c: &Connection,
+    sealer: &Sealer,
+    id: &str,
+    secret: &[u8],
+    p: &Params,
+    now: i64,
+) -> Result<(), StoreError> {
+    let sealed = sealer.seal(&aad(id), secret)?;
+    c.execute(
+        "INSERT INTO otp_secrets (id, sealed, algorithm, digits, period, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id,
+            sealed,
+            p.algorithm.as_str(),
+            p.digits,
+            p.period as i64,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+struct Row {
+    sealed: Vec<u8>,
+    params: Params,
+    state: VerifyState,
+}
+
+fn load(c: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
+    let row = c
+        .query_row(
+            "SELECT sealed, algorithm, digits, period, last_step, failures, locked_until
+             FROM otp_secrets WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((sealed, alg, digits, period, last_step, failures, locked_until)) = row else {
+        return Ok(None);
+    };
+    let algorithm = Algorithm::parse(&alg)
+        .ok_or_else(|| StoreError::Corrupt(format!("otp_secrets {id}: algorithm {alg:?}")))?;
+    Ok(Some(Row {
+        sealed,
+        params: Params {
+            algorithm,
+            digits: digits as u32,
+            period: period.max(1) as u64,
+        },
+        state: VerifyState {
+            last_step,
+            failures: failures.max(0) as u32,
+            locked_until,
+        },
+    }))
+}
+
+/// The opened secret and its parameters.
+pub(super) fn open(
+    c: &Connection,
+    sealer: &Sealer,
+    id: &str,
+) -> Result<Option<(Vec<u8>, Params)>, StoreError> {
+    let Some(row) = load(c, id)? else {
+        return Ok(None);
+    };
+    let secret = sealer.open(&aad(id), &row.sealed)?;
+    Ok(Some((secret, row.params)))
+}
+
+/// Checks `code` and records the outcome, inside the caller's write transaction. The
+/// writer runs one operation at a time, so two requests with one code cannot both pass.
+pub(super) fn check_and_record(
+    c: &Connection,
+    sealer: &Sealer,
+    id: &str,
+    code: &str,
+    now: i64,
+    window: &Window,
+) -> Result<Option<Outcome>, StoreError> {
+    let Some(row) = load(c, id)? else {
+        return Ok(None);
+    };
+    let secret = sealer.open(&aad(id), &row.sealed)?;
+    let (outcome, state) = otp::verify(&secret, &row.params, window, code, now, row.state);
+    if state != row.state {
+        c.execute(
+            "UPDATE otp_secrets SET last_step = ?2, failures = ?3, locked_until = ?4 WHERE id = ?1",
+            params![id, state.last_step, state.failures, state.locked_until],
+        )?;
+    }
+    Ok(Some(outcome))
+}

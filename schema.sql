@@ -78,3 +78,17 @@ CREATE TABLE mfa_secrets (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (method_id, entity_id)
 ) STRICT;
+
+-- migrate: 3
+
+-- Agent secrets (/api/v2/totp): an authenticator app for agents. The seed itself is
+-- sealed in otp_secrets under the same id; this row holds what its owner may list.
+-- Deleting the otp_secrets row removes this one (CASCADE).
+CREATE TABLE agent_secrets (
+    id         TEXT PRIMARY KEY REFERENCES otp_secrets(id) ON DELETE CASCADE,
+    entity_id  TEXT NOT NULL,              -- the owner: uid:<N> or a token's entity
+    label      TEXT NOT NULL,
+    issuer     TEXT,
+    created_at INTEGER NOT NULL            -- unix seconds
+) STRICT;
+CREATE INDEX agent_secrets_entity ON agent_secrets(entity_id, created_at);

@@ -45,6 +45,20 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Store, list and delete TOTP secrets (the authenticator app for agents).
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Print the current code of a stored secret, and nothing else.
+    Code {
+        /// The secret's id, as `totpd secret add` or `totpd secret list` print it.
+        id: String,
+        /// If fewer seconds than this remain, wait for the next code (0 to period-1).
+        #[arg(long, value_name = "SECS")]
+        min_validity: Option<u64>,
+        /// Print the whole answer as JSON: code, expires_in, period.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one raw request to the daemon over the socket and print the answer body,
     /// like curl --unix-socket. Example: totpd api GET /v1/sys/health
     Api {
@@ -61,19 +75,71 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store a secret; prints its id. Use '-' as the value of --uri or --secret to read
+    /// it from standard input, keeping it out of the process list.
+    Add {
+        /// A Key Uri Format URI (otpauth://totp/...), which supplies every other field.
+        #[arg(long, value_name = "URI", conflicts_with = "secret")]
+        uri: Option<String>,
+        /// The base32 seed as the service shows it (spaces and lower case are fine).
+        #[arg(long, value_name = "BASE32", requires = "label")]
+        secret: Option<String>,
+        /// A name for the secret (required with --secret).
+        #[arg(long)]
+        label: Option<String>,
+        /// The service's name.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// SHA1 (default), SHA256 or SHA512.
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// 6 (default) or 8.
+        #[arg(long)]
+        digits: Option<u32>,
+        /// Seconds per code (default 30).
+        #[arg(long)]
+        period: Option<u64>,
+        /// Print the whole answer as JSON, the secret included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your secrets (never the seeds).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret.
+    Rm {
+        /// The secret's id.
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let client = || {
+        Client::new(
+            cli.socket.clone().unwrap_or_else(config::client_socket),
+            cli.token.clone(),
+        )
+    };
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket),
+        Command::Secret(cmd) => run_client(secret(client(), cmd)),
+        Command::Code {
+            id,
+            min_validity,
+            json,
+        } => run_client(code(client(), id, min_validity, json)),
         Command::Api {
             method,
             path,
             data,
             include,
-        } => {
-            let client = Client::new(cli.socket.unwrap_or_else(config::client_socket), cli.token);
-            run_client(api(&client, method, path, data, include))
-        }
+        } => run_client(api(client(), method, path, data, include)),
     }
 }
 
@@ -142,7 +208,7 @@ fn run_client(fut: impl std::future::Future<Output = Result<Outcome, ClientError
 }
 
 async fn api(
-    client: &Client,
+    client: Client,
     method: String,
     path: String,
     data: Option<String>,
@@ -150,13 +216,7 @@ async fn api(
 ) -> Result<Outcome, ClientError> {
     let body = match data.as_deref() {
         None => None,
-        Some("-") => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map_err(|e| ClientError::Request(format!("reading standard input: {e}")))?;
-            Some(s.into_bytes())
-        }
+        Some("-") => Some(read_stdin()?.into_bytes()),
         Some(d) => match d.strip_prefix('@') {
             Some(file) => Some(
                 std::fs::read(file).map_err(|e| ClientError::Request(format!("{file}: {e}")))?,
@@ -188,4 +248,149 @@ async fn api(
             reply.status
         )))
     }
+}
+
+fn read_stdin() -> Result<String, ClientError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| ClientError::Request(format!("reading standard input: {e}")))?;
+    Ok(s.trim().to_string())
+}
+
+/// `-` means: read the value from standard input.
+fn or_stdin(v: Option<String>) -> Result<Option<String>, ClientError> {
+    match v.as_deref() {
+        Some("-") => read_stdin().map(Some),
+        _ => Ok(v),
+    }
+}
+
+/// The daemon's error message from an agent-surface answer, for one line on stderr.
+fn refusal(reply: &totpd::client::Reply) -> Outcome {
+    let msg = reply
+        .json()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("the daemon answered HTTP {}", reply.status));
+    Outcome::Refused(msg)
+}
+
+async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> {
+    match cmd {
+        SecretCmd::Add {
+            uri,
+            secret,
+            label,
+            issuer,
+            algorithm,
+            digits,
+            period,
+            json,
+        } => {
+            let mut body = serde_json::Map::new();
+            let fields = [
+                ("uri", or_stdin(uri)?.map(serde_json::Value::from)),
+                ("secret", or_stdin(secret)?.map(serde_json::Value::from)),
+                ("label", label.map(serde_json::Value::from)),
+                ("issuer", issuer.map(serde_json::Value::from)),
+                ("algorithm", algorithm.map(serde_json::Value::from)),
+                ("digits", digits.map(serde_json::Value::from)),
+                ("period", period.map(serde_json::Value::from)),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body.insert(k.into(), v);
+                }
+            }
+            if !body.contains_key("uri") && !body.contains_key("secret") {
+                return Err(ClientError::Request("give --uri or --secret".into()));
+            }
+            let reply = client
+                .request(
+                    "POST",
+                    "/api/v2/totp/secrets",
+                    Some(serde_json::Value::Object(body).to_string().into_bytes()),
+                )
+                .await?;
+            if !reply.is_success() {
+                return Ok(refusal(&reply));
+            }
+            let v = reply.json().unwrap_or_default();
+            Ok(Outcome::Ok(if json {
+                v.to_string()
+            } else {
+                v["totp_secret"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            }))
+        }
+        SecretCmd::List { json } => {
+            let reply = client.request("GET", "/api/v2/totp/secrets", None).await?;
+            if !reply.is_success() {
+                return Ok(refusal(&reply));
+            }
+            let v = reply.json().unwrap_or_default();
+            if json {
+                return Ok(Outcome::Ok(v["totp_secrets"].to_string()));
+            }
+            let mut out = format!(
+                "{:<36}  {:<24}  {:<16}  {:<9} {:>6} {:>6}  {}",
+                "ID", "LABEL", "ISSUER", "ALGORITHM", "DIGITS", "PERIOD", "CREATED"
+            );
+            for s in v["totp_secrets"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "\n{:<36}  {:<24}  {:<16}  {:<9} {:>6} {:>6}  {}",
+                    s["id"].as_str().unwrap_or_default(),
+                    s["label"].as_str().unwrap_or_default(),
+                    s["issuer"].as_str().unwrap_or("-"),
+                    s["algorithm"].as_str().unwrap_or_default(),
+                    s["digits"].to_string(),
+                    s["period"].to_string(),
+                    s["created_at"].as_str().unwrap_or_default(),
+                ));
+            }
+            Ok(Outcome::Ok(out))
+        }
+        SecretCmd::Rm { id } => {
+            let reply = client
+                .request(
+                    "DELETE",
+                    &format!("/api/v2/totp/secrets/{}", path_segment(&id)),
+                    None,
+                )
+                .await?;
+            if !reply.is_success() {
+                return Ok(refusal(&reply));
+            }
+            Ok(Outcome::Ok(String::new()))
+        }
+    }
+}
+
+async fn code(
+    client: Client,
+    id: String,
+    min_validity: Option<u64>,
+    json: bool,
+) -> Result<Outcome, ClientError> {
+    let mut path = format!("/api/v2/totp/code/{}", path_segment(&id));
+    if let Some(n) = min_validity {
+        path.push_str(&format!("?min_validity={n}"));
+    }
+    let reply = client.request("GET", &path, None).await?;
+    if !reply.is_success() {
+        return Ok(refusal(&reply));
+    }
+    let v = reply.json().unwrap_or_default();
+    Ok(Outcome::Ok(if json {
+        v.to_string()
+    } else {
+        v["code"].as_str().unwrap_or_default().to_string()
+    }))
+}
+
+/// An id as one path segment: anything that is not a plain id character is escaped.
+fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

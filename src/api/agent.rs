@@ -1,20 +1,46 @@
-//! Surface 3: an authenticator app for agents, under `/api/v2/totp`.
+//! Surface 3: an authenticator app for agents, under `/api/v2/totp`. An agent stores a
+//! seed once and later asks for the current code; the seed is returned only by create.
+//! Each secret belongs to the caller's entity: another entity's id answers 404, never
+//! 403, so ids do not leak.
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::routing::{delete, get};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use super::AppState;
+use super::fields::flex_int;
+use super::{now, read_json, AppState, BodyError, Ctx};
+use crate::auth::{AuthError, Caller, Capability};
+use crate::otp::{self, uri, Algorithm, Params};
+use crate::store::{AgentSecretInfo, StoreError};
 
 /// Every path of this surface starts here.
 pub const PREFIX: &str = "/api/v2/totp";
 
-pub const ROUTES: &[(&str, &str)] = &[];
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v2/totp/secrets"),
+    ("GET", "/api/v2/totp/secrets"),
+    ("DELETE", "/api/v2/totp/secrets/{id}"),
+    ("GET", "/api/v2/totp/code/{id}"),
+];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/api/v2/totp/secrets", get(list).post(create))
+        .route("/api/v2/totp/secrets/{id}", delete(remove))
+        .route("/api/v2/totp/code/{id}", get(code))
 }
+
+/// Imported secrets shorter than this are refused (RFC 4226 asks for 128, services
+/// commonly hand out 80).
+const MIN_SECRET_BYTES: usize = 10;
+const MAX_LABEL: usize = 256;
 
 /// `{"status": "error", "error": "..."}` with a status code.
 #[derive(Debug)]
@@ -30,6 +56,12 @@ impl AgentError {
             message: msg.into(),
         }
     }
+    fn bad(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, msg)
+    }
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "TOTP secret not found")
+    }
 }
 
 impl IntoResponse for AgentError {
@@ -40,4 +72,302 @@ impl IntoResponse for AgentError {
         )
             .into_response()
     }
+}
+
+impl From<BodyError> for AgentError {
+    fn from(e: BodyError) -> Self {
+        AgentError::new(e.status(), e.to_string())
+    }
+}
+
+impl From<&AuthError> for AgentError {
+    fn from(e: &AuthError) -> Self {
+        match e {
+            AuthError::Denied => AgentError::new(StatusCode::FORBIDDEN, "permission denied"),
+            other => internal(other),
+        }
+    }
+}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        internal(&e)
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> AgentError {
+    tracing::error!(error = %e, "internal error");
+    AgentError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+type Res = Result<Response, AgentError>;
+
+fn caller(ctx: &Ctx) -> Result<&Caller, AgentError> {
+    ctx.caller().map_err(AgentError::from)
+}
+
+fn require(who: &Caller, path: &str, caps: &[Capability]) -> Result<(), AgentError> {
+    if caps.iter().any(|c| who.allowed(path, *c)) {
+        Ok(())
+    } else {
+        Err(AgentError::new(StatusCode::FORBIDDEN, "permission denied"))
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateReq {
+    secret: Option<String>,
+    uri: Option<String>,
+    label: Option<String>,
+    issuer: Option<String>,
+    algorithm: Option<String>,
+    #[serde(default, deserialize_with = "flex_int")]
+    digits: Option<i64>,
+    #[serde(default, deserialize_with = "flex_int")]
+    period: Option<i64>,
+}
+
+/// What a create request resolves to.
+struct NewSecret {
+    secret: Vec<u8>,
+    label: String,
+    issuer: Option<String>,
+    params: Params,
+}
+
+/// A field given beside the uri must say what the uri says.
+fn agree<T: PartialEq + std::fmt::Debug>(
+    field: &str,
+    given: Option<T>,
+    from_uri: T,
+) -> Result<T, AgentError> {
+    match given {
+        Some(g) if g != from_uri => Err(AgentError::bad(format!(
+            "{field}: {g:?} conflicts with the uri, which says {from_uri:?}"
+        ))),
+        _ => Ok(from_uri),
+    }
+}
+
+impl CreateReq {
+    fn resolve(self) -> Result<NewSecret, AgentError> {
+        let algorithm = self
+            .algorithm
+            .as_deref()
+            .map(|a| {
+                Algorithm::parse(a).ok_or_else(|| {
+                    AgentError::bad(format!(
+                        "algorithm: {a:?} is not one of SHA1, SHA256, SHA512"
+                    ))
+                })
+            })
+            .transpose()?;
+        let digits = match self.digits {
+            None => None,
+            Some(d @ (6 | 8)) => Some(d as u32),
+            Some(d) => return Err(AgentError::bad(format!("digits: must be 6 or 8, not {d}"))),
+        };
+        let period = match self.period {
+            None => None,
+            Some(p @ 1..=86_400) => Some(p as u64),
+            Some(p) => {
+                return Err(AgentError::bad(format!(
+                    "period: must be from 1 to 86400 seconds, not {p}"
+                )))
+            }
+        };
+        let secret = self
+            .secret
+            .as_deref()
+            .map(|s| {
+                otp::decode_base32(s).ok_or_else(|| AgentError::bad("secret: not valid base32"))
+            })
+            .transpose()?;
+        let label = self.label.map(|l| l.trim().to_string());
+        let issuer = self
+            .issuer
+            .map(|i| i.trim().to_string())
+            .filter(|i| !i.is_empty());
+
+        let new = match self.uri.as_deref() {
+            Some(u) => {
+                let k = uri::parse(u).map_err(|e| AgentError::bad(e.to_string()))?;
+                NewSecret {
+                    secret: agree("secret", secret, k.secret)?,
+                    label: agree("label", label, k.label)?,
+                    issuer: match (issuer, k.issuer) {
+                        (Some(g), Some(u)) if g != u => {
+                            return Err(AgentError::bad(format!(
+                                "issuer: {g:?} conflicts with the uri, which says {u:?}"
+                            )))
+                        }
+                        (g, u) => u.or(g),
+                    },
+                    params: Params {
+                        algorithm: agree("algorithm", algorithm, k.params.algorithm)?,
+                        digits: agree("digits", digits, k.params.digits)?,
+                        period: agree("period", period, k.params.period)?,
+                    },
+                }
+            }
+            None => NewSecret {
+                secret: secret.ok_or_else(|| {
+                    AgentError::bad(
+                        "secret: either secret (base32) or uri (otpauth://totp/...) is required",
+                    )
+                })?,
+                label: label.ok_or_else(|| AgentError::bad("label: required with secret"))?,
+                issuer,
+                params: Params {
+                    algorithm: algorithm.unwrap_or(Algorithm::Sha1),
+                    digits: digits.unwrap_or(6),
+                    period: period.unwrap_or(30),
+                },
+            },
+        };
+        if new.secret.len() < MIN_SECRET_BYTES {
+            return Err(AgentError::bad(format!(
+                "secret: too short ({} bits); at least {} bits are required",
+                new.secret.len() * 8,
+                MIN_SECRET_BYTES * 8
+            )));
+        }
+        if new.label.is_empty() || new.label.chars().count() > MAX_LABEL {
+            return Err(AgentError::bad(format!(
+                "label: must be 1 to {MAX_LABEL} characters"
+            )));
+        }
+        Ok(new)
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+}
+
+/// A secret as list shows it: never the seed.
+fn info_json(i: &AgentSecretInfo) -> Value {
+    json!({
+        "id": i.id,
+        "algorithm": i.params.algorithm.as_str(),
+        "created_at": rfc3339(i.created_at),
+        "digits": i.params.digits,
+        "issuer": i.issuer,
+        "label": i.label,
+        "period": i.params.period,
+    })
+}
+
+async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
+    let who = caller(&ctx)?;
+    require(
+        who,
+        "api/v2/totp/secrets",
+        &[Capability::Create, Capability::Update],
+    )?;
+    let req: CreateReq = read_json(body).await?;
+    let new = req.resolve()?;
+    let info = AgentSecretInfo {
+        id: uuid::Uuid::new_v4().to_string(),
+        label: new.label,
+        issuer: new.issuer,
+        params: new.params,
+        created_at: now(),
+    };
+    st.store
+        .agent_create(who.entity_id.clone(), info.clone(), new.secret.clone())
+        .await?;
+    let mut out = info_json(&info);
+    out["secret"] = Value::String(otp::encode_base32(&new.secret));
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "success", "totp_secret": out})),
+    )
+        .into_response())
+}
+
+async fn list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
+    let who = caller(&ctx)?;
+    require(
+        who,
+        "api/v2/totp/secrets",
+        &[Capability::List, Capability::Read],
+    )?;
+    let items = st.store.agent_list(who.entity_id.clone()).await?;
+    let list: Vec<Value> = items.iter().map(info_json).collect();
+    Ok(Json(json!({"status": "success", "totp_secrets": list})).into_response())
+}
+
+/// Ids are UUIDs; anything else cannot exist, and is answered like an unknown id.
+fn secret_id(raw: &str) -> Result<String, AgentError> {
+    uuid::Uuid::parse_str(raw.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| AgentError::not_found())
+}
+
+async fn remove(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+) -> Res {
+    let who = caller(&ctx)?;
+    let id = secret_id(&raw)?;
+    require(
+        who,
+        &format!("api/v2/totp/secrets/{id}"),
+        &[Capability::Delete],
+    )?;
+    if st.store.agent_delete(who.entity_id.clone(), id).await? {
+        Ok(Json(json!({"status": "success"})).into_response())
+    } else {
+        Err(AgentError::not_found())
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeQuery {
+    min_validity: Option<String>,
+}
+
+/// The current code. With `min_validity=N`, when fewer than N seconds remain the answer
+/// waits for the next step, so an agent never types a code that dies in transit.
+async fn code(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(raw): Path<String>,
+    Query(q): Query<CodeQuery>,
+) -> Res {
+    let who = caller(&ctx)?;
+    let id = secret_id(&raw)?;
+    require(who, &format!("api/v2/totp/code/{id}"), &[Capability::Read])?;
+    let (secret, params) = st
+        .store
+        .agent_secret(who.entity_id.clone(), id)
+        .await?
+        .ok_or_else(AgentError::not_found)?;
+    let min_validity = match q.min_validity.as_deref() {
+        None => 0,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n < params.period => n,
+            _ => {
+                return Err(AgentError::bad(format!(
+                    "min_validity: must be a whole number of seconds from 0 to {}",
+                    params.period - 1
+                )))
+            }
+        },
+    };
+    let mut t = now();
+    let left = params.remaining(t);
+    if left < min_validity {
+        tokio::time::sleep(Duration::from_secs(left)).await;
+        t = now().max(t + left as i64);
+    }
+    Ok(Json(json!({
+        "status": "success",
+        "code": otp::code_at(&secret, &params, t),
+        "expires_in": params.remaining(t),
+        "period": params.period,
+    }))
+    .into_response())
 }

@@ -3,6 +3,7 @@
 //! the request context, body reading and the 404/405 answers.
 
 pub mod agent;
+pub mod fields;
 pub mod sys;
 pub mod vault;
 pub mod vault_mfa;

@@ -10,7 +10,8 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::vault::{self, caller, flex_seconds, VaultError};
+use super::fields::flex_seconds;
+use super::vault::{self, caller, VaultError};
 use super::{now, read_json, AppState, Ctx};
 use crate::auth::{self, Capability, Policy};
 use crate::store::TokenRecord;

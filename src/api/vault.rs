@@ -5,7 +5,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserializer;
 use serde_json::{json, Value};
 
 use super::{BodyError, Ctx};
@@ -117,95 +116,4 @@ pub fn no_content() -> Response {
 /// The caller, or Vault's 403.
 pub fn caller(ctx: &Ctx) -> Result<&crate::auth::Caller, VaultError> {
     ctx.caller().map_err(VaultError::from)
-}
-
-/// An integer as JSON number or numeric string (the Vault CLI sends every value as a string).
-pub fn flex_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    d.deserialize_any(Flex { duration: false })
-}
-
-/// Seconds as a JSON number, a numeric string, or a duration string (`"30s"`, `"1m"`, `"1h30m"`).
-pub fn flex_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    d.deserialize_any(Flex { duration: true })
-}
-
-struct Flex {
-    duration: bool,
-}
-
-impl<'de> serde::de::Visitor<'de> for Flex {
-    type Value = Option<i64>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if self.duration {
-            f.write_str("whole seconds or a duration string such as \"30s\"")
-        } else {
-            f.write_str("an integer")
-        }
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(v))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        i64::try_from(v)
-            .map(Some)
-            .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        let parsed = if self.duration {
-            parse_seconds(v)
-        } else {
-            v.trim().parse().ok()
-        };
-        parsed
-            .map(Some)
-            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
-    }
-}
-
-/// `"90"`, `"90s"`, `"1m30s"`, `"1h"` → seconds. Sub-second durations are refused.
-pub fn parse_seconds(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i64>() {
-        return Some(n);
-    }
-    let d = humantime::parse_duration(s).ok()?;
-    if d.subsec_nanos() != 0 {
-        return None;
-    }
-    i64::try_from(d.as_secs()).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct P {
-        #[serde(default, deserialize_with = "flex_seconds")]
-        period: Option<i64>,
-        #[serde(default, deserialize_with = "flex_int")]
-        digits: Option<i64>,
-    }
-
-    #[test]
-    fn lenient_vault_types() {
-        let p: P = serde_json::from_str(r#"{"period": "1m", "digits": "8"}"#).unwrap();
-        assert_eq!((p.period, p.digits), (Some(60), Some(8)));
-        let p: P = serde_json::from_str(r#"{"period": 30}"#).unwrap();
-        assert_eq!((p.period, p.digits), (Some(30), None));
-        assert_eq!(parse_seconds("1h30m"), Some(5400));
-        assert_eq!(parse_seconds("30s"), Some(30));
-        assert_eq!(parse_seconds("thirty"), None);
-        assert!(serde_json::from_str::<P>(r#"{"digits": "six"}"#).is_err());
-        assert!(serde_json::from_str::<P>(r#"{"digits": true}"#).is_err());
-        assert!(serde_json::from_str::<P>(r#"{"period": "500ms"}"#).is_err());
-    }
 }

@@ -11,7 +11,8 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::vault::{self, caller, flex_int, flex_seconds, VaultError};
+use super::fields::{flex_int, flex_seconds};
+use super::vault::{self, caller, VaultError};
 use super::{now, read_json, AppState, Ctx};
 use crate::auth::{Caller, Capability};
 use crate::otp::{self, qr, uri, Algorithm};

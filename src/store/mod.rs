@@ -4,6 +4,7 @@
 //! Writes go to one writer thread ([`writer`]) that group-commits; reads run on a small
 //! pool of read-only connections on blocking threads, never on a tokio worker.
 
+mod agent;
 mod mfa;
 mod otp_secrets;
 pub mod seal;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+pub use agent::AgentSecretInfo;
 pub use mfa::{Enroll, MethodDelete, MethodRecord, MethodWrite, MfaCheck};
 pub use seal::Sealer;
 use writer::Writer;

@@ -321,3 +321,112 @@ pub fn can_switch_uid() -> bool {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// An independent RFC 6238 implementation for cross-checking (hmac + sha crates, not
+/// totp-rs): the code of `secret` at unix time `t`.
+pub fn reference_totp(secret: &[u8], algorithm: &str, digits: u32, period: u64, t: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let counter = (t / period).to_be_bytes();
+    let mac: Vec<u8> = match algorithm {
+        "SHA1" => {
+            let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret).unwrap();
+            m.update(&counter);
+            m.finalize().into_bytes().to_vec()
+        }
+        "SHA256" => {
+            let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+            m.update(&counter);
+            m.finalize().into_bytes().to_vec()
+        }
+        "SHA512" => {
+            let mut m = Hmac::<sha2::Sha512>::new_from_slice(secret).unwrap();
+            m.update(&counter);
+            m.finalize().into_bytes().to_vec()
+        }
+        other => panic!("algorithm {other}"),
+    };
+    let off = (mac[mac.len() - 1] & 0x0f) as usize;
+    let bin = u32::from_be_bytes([mac[off] & 0x7f, mac[off + 1], mac[off + 2], mac[off + 3]]);
+    format!(
+        "{:0width$}",
+        bin % 10u32.pow(digits),
+        width = digits as usize
+    )
+}
+
+/// The parts of an otpauth URL a test needs.
+#[derive(Debug)]
+pub struct OtpUrl {
+    pub label: String,
+    pub secret: Vec<u8>,
+    pub secret_b32: String,
+    pub issuer: String,
+    pub algorithm: String,
+    pub digits: u32,
+    pub period: u64,
+}
+
+pub fn parse_otp_url(s: &str) -> OtpUrl {
+    let u = url::Url::parse(s).expect("otpauth url");
+    assert_eq!(u.scheme(), "otpauth");
+    assert_eq!(u.host_str(), Some("totp"));
+    let q: std::collections::HashMap<String, String> = u.query_pairs().into_owned().collect();
+    let secret_b32 = q["secret"].clone();
+    OtpUrl {
+        label: percent_encoding::percent_decode_str(u.path().trim_start_matches('/'))
+            .decode_utf8()
+            .unwrap()
+            .to_string(),
+        secret: data_encoding::BASE32_NOPAD
+            .decode(secret_b32.as_bytes())
+            .expect("base32 secret"),
+        secret_b32,
+        issuer: q.get("issuer").cloned().unwrap_or_default(),
+        algorithm: q.get("algorithm").cloned().unwrap_or_else(|| "SHA1".into()),
+        digits: q.get("digits").map(|d| d.parse().unwrap()).unwrap_or(6),
+        period: q.get("period").map(|d| d.parse().unwrap()).unwrap_or(30),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until at least `margin` seconds remain in the current step of `period`, so a
+/// code computed now is still current when the request lands.
+pub async fn fresh_step(period: u64, margin: u64) {
+    loop {
+        let left = period - unix_now() % period;
+        if left > margin {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(left * 1000 + 50)).await;
+    }
+}
+
+/// Decodes a base64 PNG QR image to its text, with rqrr.
+pub fn decode_qr(b64: &str) -> (u32, u32, String) {
+    let png = data_encoding::BASE64
+        .decode(b64.as_bytes())
+        .expect("base64 barcode");
+    let dec = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = dec.read_info().expect("png");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h) = (info.width, info.height);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+        buf[y * w as usize + x]
+    });
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    let (_, content) = grids[0].decode().expect("QR decodes");
+    (w, h, content)
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,618 @@
+//! Vault identity MFA TOTP (issue 4), against the real binary.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::{
+    contains, decode_qr, fresh_step, parse_otp_url, reference_totp, unix_now, Daemon, OtpUrl,
+};
+use serde_json::{json, Value};
+
+const BASE: &str = "/v1/identity/mfa/method/totp";
+
+async fn create_method(d: &Daemon, body: Value) -> String {
+    let r = d.req("POST", BASE, Some(body), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["data"]["method_id"].as_str().unwrap().to_string()
+}
+
+async fn admin_generate(d: &Daemon, method: &str, entity: &str) -> OtpUrl {
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": method, "entity_id": entity})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    parse_otp_url(r.json["data"]["url"].as_str().unwrap())
+}
+
+fn code(u: &OtpUrl, t: u64) -> String {
+    reference_totp(&u.secret, &u.algorithm, u.digits, u.period, t)
+}
+
+async fn validate(d: &Daemon, method: &str, entity: &str, passcode: &str) -> u16 {
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/validate"),
+            Some(json!({"method_id": method, "entity_id": entity, "passcode": passcode})),
+            None,
+        )
+        .await;
+    if r.status == 403 {
+        assert_eq!(
+            r.json,
+            json!({"errors": ["invalid passcode"]}),
+            "one answer for every refusal"
+        );
+    }
+    r.status
+}
+
+#[tokio::test]
+async fn generate_round_trip_barcode_url_and_an_independent_code() {
+    let d = Daemon::start();
+    let id = create_method(
+        &d,
+        json!({"issuer": "Acme Corp", "algorithm": "SHA256", "digits": 8, "period": "1m", "qr_size": 300}),
+    )
+    .await;
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for k in [
+        "request_id",
+        "lease_id",
+        "renewable",
+        "lease_duration",
+        "wrap_info",
+        "warnings",
+        "auth",
+    ] {
+        assert!(r.json.get(k).is_some(), "envelope lacks {k}");
+    }
+    let url = r.json["data"]["url"].as_str().unwrap();
+    let (w, h, text) = decode_qr(r.json["data"]["barcode"].as_str().unwrap());
+    assert_eq!((w, h), (300, 300));
+    assert_eq!(text, url, "the barcode holds exactly the url");
+
+    let u = parse_otp_url(url);
+    assert_eq!(u.issuer, "Acme Corp");
+    assert_eq!(u.label, "Acme Corp:uid:0", "account is the caller's entity");
+    assert_eq!(
+        (u.algorithm.as_str(), u.digits, u.period),
+        ("SHA256", 8, 60)
+    );
+    assert_eq!(u.secret.len(), 20);
+
+    fresh_step(60, 3).await;
+    let c = code(&u, unix_now());
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/validate"),
+            Some(json!({"method_id": id, "passcode": c})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["data"]["valid"], true);
+
+    // A second generate: 200, no data, a warning; the secret is unchanged.
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["data"].is_null());
+    assert!(r.json["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("already has a secret"));
+
+    // qr_size 0: no image, as Vault.
+    let id0 = create_method(&d, json!({"issuer": "x", "qr_size": 0})).await;
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id0})),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["data"]["barcode"], "");
+
+    // The secret is nowhere in the database in clear.
+    let mut d = d;
+    d.stop();
+    let db = d.db_bytes();
+    assert!(!contains(&db, &u.secret), "raw secret in the database");
+    assert!(
+        !contains(&db, u.secret_b32.as_bytes()),
+        "base32 secret in the database"
+    );
+}
+
+#[tokio::test]
+async fn codes_for_every_algorithm_and_length_validate() {
+    let d = Daemon::start();
+    for (alg, digits) in [("SHA1", 6), ("SHA1", 8), ("SHA256", 6), ("SHA512", 8)] {
+        let id = create_method(
+            &d,
+            json!({"issuer": "v", "algorithm": alg, "digits": digits}),
+        )
+        .await;
+        let u = admin_generate(&d, &id, "e1").await;
+        assert_eq!((u.algorithm.as_str(), u.digits), (alg, digits));
+        fresh_step(30, 2).await;
+        assert_eq!(
+            validate(&d, &id, "e1", &code(&u, unix_now())).await,
+            200,
+            "{alg}/{digits}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_code_is_accepted_once_also_after_restart() {
+    let mut d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v"})).await;
+    let u = admin_generate(&d, &id, "alice").await;
+    fresh_step(30, 5).await;
+    let c = code(&u, unix_now());
+    assert_eq!(validate(&d, &id, "alice", &c).await, 200);
+    assert_eq!(validate(&d, &id, "alice", &c).await, 403);
+    assert_eq!(d.stop(), Some(0));
+    d.spawn().unwrap();
+    assert_eq!(
+        validate(&d, &id, "alice", &c).await,
+        403,
+        "replay after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_validations_of_one_code_yield_exactly_one_success() {
+    let d = std::sync::Arc::new(Daemon::start());
+    let id = create_method(&d, json!({"issuer": "v", "max_validation_attempts": 100})).await;
+    let u = admin_generate(&d, &id, "bob").await;
+    fresh_step(30, 5).await;
+    let c = code(&u, unix_now());
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (d, id, c) = (d.clone(), id.clone(), c.clone());
+        tasks.push(tokio::spawn(
+            async move { validate(&d, &id, "bob", &c).await },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        31,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_code_from_before_the_last_accepted_step_is_refused() {
+    let d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v", "skew": 1})).await;
+    let u = admin_generate(&d, &id, "carol").await;
+    fresh_step(30, 5).await;
+    let now = unix_now();
+    assert_eq!(validate(&d, &id, "carol", &code(&u, now)).await, 200);
+    // Inside the skew window, but older than the accepted step.
+    assert_eq!(validate(&d, &id, "carol", &code(&u, now - 30)).await, 403);
+}
+
+#[tokio::test]
+async fn three_wrong_codes_lock_for_one_period() {
+    let d = Daemon::start();
+    let period = 3;
+    let id = create_method(
+        &d,
+        json!({"issuer": "v", "period": period, "max_validation_attempts": 3, "skew": 0}),
+    )
+    .await;
+    let u = admin_generate(&d, &id, "dave").await;
+    fresh_step(period, 1).await;
+    let right = code(&u, unix_now());
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..3 {
+        assert_eq!(validate(&d, &id, "dave", wrong).await, 403);
+    }
+    assert_eq!(
+        validate(&d, &id, "dave", &right).await,
+        403,
+        "locked: even the right code fails"
+    );
+    tokio::time::sleep(Duration::from_millis(period * 1000 + 300)).await;
+    fresh_step(period, 1).await;
+    assert_eq!(
+        validate(&d, &id, "dave", &code(&u, unix_now())).await,
+        200,
+        "lock over"
+    );
+}
+
+#[tokio::test]
+async fn skew_zero_refuses_the_previous_step_and_skew_one_accepts_it() {
+    let d = Daemon::start();
+    let strict = create_method(&d, json!({"issuer": "v", "skew": 0})).await;
+    let loose = create_method(&d, json!({"issuer": "v", "skew": 1})).await;
+    let us = admin_generate(&d, &strict, "erin").await;
+    let ul = admin_generate(&d, &loose, "erin").await;
+    fresh_step(30, 4).await;
+    let now = unix_now();
+    assert_eq!(
+        validate(&d, &strict, "erin", &code(&us, now - 30)).await,
+        403
+    );
+    assert_eq!(
+        validate(&d, &loose, "erin", &code(&ul, now - 30)).await,
+        200
+    );
+    // Malformed input counts as a failure and gets the same answer.
+    assert_eq!(validate(&d, &strict, "erin", "12ab56").await, 403);
+}
+
+#[tokio::test]
+async fn method_crud_list_and_vault_defaults() {
+    let d = Daemon::start();
+    // LIST with no methods: 404, as Vault.
+    assert_eq!(d.req("LIST", BASE, None, None).await.status, 404);
+    let id = create_method(&d, json!({"issuer": "vault", "method_name": "corp"})).await;
+    let r = d.req("GET", &format!("{BASE}/{id}"), None, None).await;
+    assert_eq!(r.status, 200);
+    let m = &r.json["data"];
+    assert_eq!(
+        (
+            m["id"].as_str(),
+            m["name"].as_str(),
+            m["type"].as_str(),
+            m["algorithm"].as_str()
+        ),
+        (Some(id.as_str()), Some("corp"), Some("totp"), Some("SHA1"))
+    );
+    for (k, v) in [
+        ("digits", 6),
+        ("period", 30),
+        ("key_size", 20),
+        ("qr_size", 200),
+        ("skew", 1),
+        ("max_validation_attempts", 5),
+    ] {
+        assert_eq!(m[k], v, "{k}");
+    }
+    // method_name is unique.
+    let r = d
+        .req(
+            "POST",
+            BASE,
+            Some(json!({"issuer": "x", "method_name": "corp"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("method_name"));
+    // Update replaces the configuration; the name stays.
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/{id}"),
+            Some(json!({"issuer": "new", "digits": "8"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let m = d.req("GET", &format!("{BASE}/{id}"), None, None).await.json["data"].clone();
+    assert_eq!(
+        (
+            m["issuer"].as_str(),
+            m["digits"].as_i64(),
+            m["name"].as_str()
+        ),
+        (Some("new"), Some(8), Some("corp"))
+    );
+    // LIST and GET ?list=true.
+    let id2 = create_method(&d, json!({"issuer": "two"})).await;
+    for r in [
+        d.req("LIST", BASE, None, None).await,
+        d.req("GET", &format!("{BASE}?list=true"), None, None).await,
+    ] {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json["data"]["keys"], json!([id, id2]));
+        assert_eq!(r.json["data"]["key_info"][&id2]["issuer"], "two");
+    }
+    // Delete: refused while an entity holds a secret, fine after admin-destroy.
+    admin_generate(&d, &id, "frank").await;
+    let r = d.req("DELETE", &format!("{BASE}/{id}"), None, None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("in use"));
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-destroy"),
+            Some(json!({"method_id": id, "entity_id": "frank"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        d.req("DELETE", &format!("{BASE}/{id}"), None, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        d.req("GET", &format!("{BASE}/{id}"), None, None)
+            .await
+            .status,
+        404
+    );
+    // After admin-destroy a new secret can be generated (replacing a secret).
+    admin_generate(&d, &id2, "frank").await;
+    d.req(
+        "POST",
+        &format!("{BASE}/admin-destroy"),
+        Some(json!({"method_id": id2, "entity_id": "frank"})),
+        None,
+    )
+    .await;
+    admin_generate(&d, &id2, "frank").await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
+    let d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "keep"})).await;
+    let before = d.req("LIST", BASE, None, None).await.json["data"].clone();
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({}), "issuer"),
+        (json!({"issuer": ""}), "issuer"),
+        (json!({"issuer": "x", "digits": 7}), "digits"),
+        (json!({"issuer": "x", "skew": 2}), "skew"),
+        (json!({"issuer": "x", "algorithm": "MD5"}), "algorithm"),
+        (json!({"issuer": "x", "period": 0}), "period"),
+        (json!({"issuer": "x", "period": "soon"}), "period"),
+        (json!({"issuer": "x", "digits": "six"}), "digits"),
+        (json!({"issuer": "x", "key_size": true}), "key_size"),
+        (json!({"issuer": "x", "key_size": 4}), "key_size"),
+        (json!({"issuer": "x", "qr_size": 10}), "qr_size"),
+        (
+            json!({"issuer": "x", "max_validation_attempts": -1}),
+            "max_validation_attempts",
+        ),
+        (json!({"issuer": ["x"]}), "issuer"),
+    ];
+    for (body, field) in &cases {
+        for (method, path) in [("POST", BASE.to_string()), ("POST", format!("{BASE}/{id}"))] {
+            let r = d.req(method, &path, Some(body.clone()), None).await;
+            assert_eq!(r.status, 400, "{body} → {}", r.text);
+            let msg = r.json["errors"][0].as_str().unwrap_or_default();
+            assert!(msg.contains(field), "{body}: {msg:?} does not name {field}");
+        }
+    }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = d.req("GET", &format!("{BASE}/{unknown}"), None, None).await;
+    assert_eq!(r.status, 404);
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": unknown})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("method_id"));
+    let r = d
+        .req("GET", &format!("{BASE}/not-a-uuid"), None, None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("method_id"));
+    for body in [
+        json!({"method_id": "nope"}),
+        json!({}),
+        json!({"method_id": 5}),
+    ] {
+        let r = d
+            .req(
+                "POST",
+                &format!("{BASE}/generate"),
+                Some(body.clone()),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(
+            r.json["errors"][0].as_str().unwrap().contains("method_id"),
+            "{}",
+            r.text
+        );
+    }
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": id})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("entity_id"));
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/validate"),
+            Some(json!({"method_id": id, "passcode": 123456})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("passcode"));
+
+    let after = d.req("LIST", BASE, None, None).await.json["data"].clone();
+    assert_eq!(before, after, "bad input changed something");
+    // No secret was created by the failed generates.
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id})),
+            None,
+        )
+        .await;
+    assert!(r.json["data"]["url"].is_string(), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_default_caller_manages_only_itself() {
+    let d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v"})).await;
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["default"]})),
+            None,
+        )
+        .await;
+    let tok = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let me = r.json["auth"]["entity_id"].as_str().unwrap().to_string();
+    let t = Some(tok.as_str());
+
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id})),
+            t,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let u = parse_otp_url(r.json["data"]["url"].as_str().unwrap());
+    assert_eq!(u.label, format!("v:{me}"));
+    fresh_step(30, 3).await;
+    let c = code(&u, unix_now());
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/validate"),
+            Some(json!({"method_id": id, "passcode": c})),
+            t,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let other = admin_generate(&d, &id, "someone-else").await;
+    let denied = [
+        ("POST", BASE.to_string(), Some(json!({"issuer": "mine"}))),
+        ("LIST", BASE.to_string(), None),
+        ("GET", format!("{BASE}/{id}"), None),
+        (
+            "POST",
+            format!("{BASE}/{id}"),
+            Some(json!({"issuer": "mine"})),
+        ),
+        ("DELETE", format!("{BASE}/{id}"), None),
+        (
+            "POST",
+            format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": id, "entity_id": "x"})),
+        ),
+        (
+            "POST",
+            format!("{BASE}/admin-destroy"),
+            Some(json!({"method_id": id, "entity_id": "someone-else"})),
+        ),
+        (
+            "POST",
+            format!("{BASE}/validate"),
+            Some(
+                json!({"method_id": id, "entity_id": "someone-else", "passcode": code(&other, unix_now())}),
+            ),
+        ),
+    ];
+    for (m, p, b) in denied {
+        let r = d.req(m, &p, b, t).await;
+        assert_eq!(r.status, 403, "{m} {p}: {}", r.text);
+        assert_eq!(r.json, json!({"errors": ["permission denied"]}));
+    }
+    // The other entity's secret is untouched and its code still unused.
+    assert_eq!(
+        validate(&d, &id, "someone-else", &code(&other, unix_now())).await,
+        200
+    );
+}
+
+#[test]
+fn a_local_uid_generates_its_own_secret_without_a_token() {
+    if !common::can_switch_uid() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = Daemon::start();
+    let id = rt.block_on(create_method(&d, json!({"issuer": "local"})));
+    let body = json!({"method_id": id}).to_string();
+    let out = d
+        .cli()
+        .args(["api", "POST", &format!("{BASE}/generate"), "-d", &body])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = parse_otp_url(v["data"]["url"].as_str().unwrap());
+    assert_eq!(u.label, "local:uid:65534");
+    let out = d
+        .cli()
+        .args([
+            "api",
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            "-d",
+            &json!({"method_id": id, "entity_id": "uid:0"}).to_string(),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,491 @@
+//! The authenticator app for agents (issue 5), against the real binary.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::{contains, reference_totp, unix_now, Daemon};
+use serde_json::{json, Value};
+
+const SECRETS: &str = "/api/v2/totp/secrets";
+
+/// A fresh random seed, base32.
+fn seed(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).unwrap();
+    data_encoding::BASE32_NOPAD.encode(&b)
+}
+
+fn raw(b32: &str) -> Vec<u8> {
+    data_encoding::BASE32_NOPAD.decode(b32.as_bytes()).unwrap()
+}
+
+async fn add(d: &Daemon, body: Value, token: Option<&str>) -> Value {
+    let r = d.req("POST", SECRETS, Some(body.clone()), token).await;
+    assert_eq!(r.status, 201, "{body} → {}", r.text);
+    assert_eq!(r.json["status"], "success");
+    r.json["totp_secret"].clone()
+}
+
+/// Gets the code and checks it against the reference at the request's time.
+async fn check_code(
+    d: &Daemon,
+    id: &str,
+    token: Option<&str>,
+    secret: &[u8],
+    alg: &str,
+    digits: u32,
+    period: u64,
+) -> Value {
+    let before = unix_now();
+    let r = d
+        .req("GET", &format!("/api/v2/totp/code/{id}"), None, token)
+        .await;
+    let after = unix_now();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let code = r.json["code"].as_str().unwrap();
+    assert_eq!(code.len(), digits as usize);
+    let candidates = [
+        reference_totp(secret, alg, digits, period, before),
+        reference_totp(secret, alg, digits, period, after),
+    ];
+    assert!(
+        candidates.contains(&code.to_string()),
+        "{alg}/{digits}/{period}: {code} not in {candidates:?}"
+    );
+    assert_eq!(r.json["period"], period);
+    // expires_in lands on the period boundary.
+    let e = r.json["expires_in"].as_u64().unwrap();
+    assert!((1..=period).contains(&e), "expires_in {e}");
+    assert!(
+        (before..=after).any(|t| (t + e) % period == 0),
+        "expires_in {e} does not end a period at {before}..{after}"
+    );
+    r.json
+}
+
+#[tokio::test]
+async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
+    let d = Daemon::start();
+    for alg in ["SHA1", "SHA256", "SHA512"] {
+        for digits in [6u32, 8] {
+            for period in [30u64, 60] {
+                let s = seed(20);
+                let by_secret = add(
+                    &d,
+                    json!({"secret": s.to_lowercase(), "label": "svc", "issuer": "Svc", "algorithm": alg, "digits": digits, "period": period}),
+                    None,
+                )
+                .await;
+                assert_eq!(
+                    by_secret["secret"], s,
+                    "create returns the secret, normalised"
+                );
+                assert_eq!(
+                    (
+                        by_secret["algorithm"].as_str(),
+                        by_secret["digits"].as_u64(),
+                        by_secret["period"].as_u64()
+                    ),
+                    (Some(alg), Some(digits as u64), Some(period))
+                );
+                check_code(
+                    &d,
+                    by_secret["id"].as_str().unwrap(),
+                    None,
+                    &raw(&s),
+                    alg,
+                    digits,
+                    period,
+                )
+                .await;
+
+                let s2 = seed(20);
+                let uri = format!("otpauth://totp/Acme:agent%40example.com?secret={s2}&issuer=Acme&algorithm={alg}&digits={digits}&period={period}");
+                let by_uri = add(&d, json!({"uri": uri}), None).await;
+                assert_eq!(by_uri["label"], "agent@example.com");
+                assert_eq!(by_uri["issuer"], "Acme");
+                assert_eq!(by_uri["algorithm"], alg);
+                check_code(
+                    &d,
+                    by_uri["id"].as_str().unwrap(),
+                    None,
+                    &raw(&s2),
+                    alg,
+                    digits,
+                    period,
+                )
+                .await;
+            }
+        }
+    }
+    // Padding, spaces and lower case as services print them; a uri with a matching field.
+    let s = seed(10);
+    let spaced = format!(
+        "{} ====",
+        s.to_lowercase()
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let v = add(&d, json!({"secret": spaced, "label": "padded"}), None).await;
+    check_code(&d, v["id"].as_str().unwrap(), None, &raw(&s), "SHA1", 6, 30).await;
+    let v = add(
+        &d,
+        json!({"uri": format!("otpauth://totp/x?secret={s}"), "digits": 6, "label": "x"}),
+        None,
+    )
+    .await;
+    assert_eq!(v["issuer"], Value::Null);
+}
+
+#[tokio::test]
+async fn list_never_contains_a_secret() {
+    let d = Daemon::start();
+    let r = d.req("GET", SECRETS, None, None).await;
+    assert_eq!(r.json, json!({"status": "success", "totp_secrets": []}));
+    let mut seeds = Vec::new();
+    for i in 0..7 {
+        let s = seed(20 + i);
+        add(&d, json!({"secret": s, "label": format!("s{i}")}), None).await;
+        seeds.push(s);
+        let r = d.req("GET", SECRETS, None, None).await;
+        assert_eq!(r.status, 200);
+        let list = r.json["totp_secrets"].as_array().unwrap();
+        assert_eq!(list.len(), i + 1);
+        for item in list {
+            assert!(item.get("secret").is_none(), "{item}");
+            for k in [
+                "id",
+                "algorithm",
+                "created_at",
+                "digits",
+                "issuer",
+                "label",
+                "period",
+            ] {
+                assert!(item.get(k).is_some(), "{k} missing");
+            }
+        }
+        for s in &seeds {
+            assert!(!r.text.contains(s.as_str()), "a seed is in the list body");
+            assert!(!r.text.to_lowercase().contains(&s.to_lowercase()));
+        }
+    }
+    // Nor is any in the database in clear.
+    let mut d = d;
+    d.stop();
+    let db = d.db_bytes();
+    for s in &seeds {
+        assert!(!contains(&db, s.as_bytes()));
+        assert!(!contains(&db, &raw(s)));
+    }
+}
+
+#[tokio::test]
+async fn entities_see_only_their_own_secrets() {
+    let d = Daemon::start();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let r = d
+            .req(
+                "POST",
+                "/v1/auth/token/create",
+                Some(json!({"policies": ["default"]})),
+                None,
+            )
+            .await;
+        tokens.push(r.json["auth"]["client_token"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
+    let sa = add(&d, json!({"secret": seed(20), "label": "a"}), a).await;
+    let sb = add(&d, json!({"secret": seed(20), "label": "b"}), b).await;
+    let ida = sa["id"].as_str().unwrap();
+
+    let la = d.req("GET", SECRETS, None, a).await.json["totp_secrets"].clone();
+    let lb = d.req("GET", SECRETS, None, b).await.json["totp_secrets"].clone();
+    assert_eq!(la.as_array().unwrap().len(), 1);
+    assert_eq!(la[0]["label"], "a");
+    assert_eq!(lb[0]["label"], "b");
+    // Root over the socket is uid:0, another entity again.
+    assert_eq!(
+        d.req("GET", SECRETS, None, None).await.json["totp_secrets"],
+        json!([])
+    );
+
+    // B reading, coding or deleting A's id: 404, exactly as for an unknown id.
+    let unknown = d
+        .req(
+            "GET",
+            &format!("/api/v2/totp/code/{}", uuid::Uuid::new_v4()),
+            None,
+            b,
+        )
+        .await;
+    for (m, p) in [
+        ("GET", format!("/api/v2/totp/code/{ida}")),
+        ("DELETE", format!("{SECRETS}/{ida}")),
+    ] {
+        let r = d.req(m, &p, None, b).await;
+        assert_eq!(r.status, 404, "{m} {p}");
+        assert_eq!(
+            r.json,
+            json!({"status": "error", "error": "TOTP secret not found"})
+        );
+        assert_eq!(r.json, unknown.json);
+    }
+    assert_eq!(
+        d.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
+            .await
+            .status,
+        200,
+        "A's secret survived"
+    );
+    assert_eq!(
+        d.req("GET", "/api/v2/totp/code/not-a-uuid", None, a)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        d.req("DELETE", &format!("{SECRETS}/{ida}"), None, a)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        d.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
+            .await
+            .status,
+        404
+    );
+
+    // A second uid, through the CLI with no token.
+    if common::can_switch_uid() {
+        let idb = sb["id"].as_str().unwrap();
+        let out = d
+            .cli()
+            .args(["code", idb])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+        let out = d
+            .cli()
+            .args(["secret", "list", "--json"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    }
+}
+
+#[tokio::test]
+async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
+    let d = Daemon::start();
+    let s = seed(20);
+    let v = add(&d, json!({"secret": s, "label": "fast", "period": 2}), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let first = check_code(&d, &id, None, &raw(&s), "SHA1", 6, 2).await;
+    let t1 = unix_now();
+    tokio::time::sleep(Duration::from_millis(
+        first["expires_in"].as_u64().unwrap() * 1000 + 200,
+    ))
+    .await;
+    let second = check_code(&d, &id, None, &raw(&s), "SHA1", 6, 2).await;
+    let t2 = unix_now();
+    assert_ne!(t1 / 2, t2 / 2, "a boundary was crossed");
+    if reference_totp(&raw(&s), "SHA1", 6, 2, t1) != reference_totp(&raw(&s), "SHA1", 6, 2, t2) {
+        assert_ne!(first["code"], second["code"]);
+    }
+
+    // min_validity: never a code with fewer seconds left than asked.
+    let v = add(
+        &d,
+        json!({"secret": seed(20), "label": "mv", "period": 5}),
+        None,
+    )
+    .await;
+    let id = v["id"].as_str().unwrap();
+    for _ in 0..3 {
+        let r = d
+            .req(
+                "GET",
+                &format!("/api/v2/totp/code/{id}?min_validity=4"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(r.json["expires_in"].as_u64().unwrap() >= 4, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+    }
+    for bad in ["5", "-1", "x"] {
+        let r = d
+            .req(
+                "GET",
+                &format!("/api/v2/totp/code/{id}?min_validity={bad}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.json["error"].as_str().unwrap().contains("min_validity"));
+    }
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_and_store_nothing() {
+    let d = Daemon::start();
+    let good = seed(20);
+    let cases = [
+        (json!({"secret": "not base32!!", "label": "x"}), "secret"),
+        (json!({"secret": seed(9), "label": "x"}), "short"),
+        (
+            json!({"uri": format!("otpauth://hotp/x?secret={good}&counter=0")}),
+            "totp",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/x?secret={good}&digits=7")}),
+            "digits",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/Acme:bob?secret={good}"), "label": "alice"}),
+            "label",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/Acme:bob?secret={good}"), "issuer": "Other"}),
+            "issuer",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/bob?secret={good}"), "period": 60}),
+            "period",
+        ),
+        (
+            json!({"secret": good, "label": "x", "algorithm": "MD5"}),
+            "algorithm",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/x?secret={good}&algorithm=MD5")}),
+            "algorithm",
+        ),
+        (json!({"secret": good, "label": "x", "digits": 7}), "digits"),
+        (json!({"secret": good}), "label"),
+        (json!({"label": "x"}), "secret"),
+        (
+            json!({"secret": good, "label": "x", "digits": "seven"}),
+            "digits",
+        ),
+        (json!({"secret": 12345, "label": "x"}), "secret"),
+    ];
+    for (body, word) in cases {
+        let r = d.req("POST", SECRETS, Some(body.clone()), None).await;
+        assert_eq!(r.status, 400, "{body} → {}", r.text);
+        assert_eq!(r.json["status"], "error");
+        let msg = r.json["error"].as_str().unwrap();
+        assert!(
+            msg.contains(word),
+            "{body}: {msg:?} does not mention {word}"
+        );
+        assert!(!msg.contains(&good), "the error echoes the secret");
+    }
+    let r = d
+        .raw_unix("POST", SECRETS, &[], Some(b"{\"secret\":".to_vec()))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["status"], "error");
+    assert_eq!(
+        d.req("GET", SECRETS, None, None).await.json["totp_secrets"],
+        json!([])
+    );
+    // This surface's shape for unknown routes and wrong methods too.
+    let r = d.req("GET", "/api/v2/totp/nope", None, None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (404, Some("error")));
+    let r = d.req("PUT", SECRETS, None, None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (405, Some("error")));
+}
+
+#[test]
+fn cli_round_trip_as_root_and_as_a_uid_without_a_token() {
+    let d = Daemon::start();
+    let mut uids: Vec<Option<u32>> = vec![None];
+    if common::can_switch_uid() {
+        uids.push(Some(65534));
+    }
+    for uid in uids {
+        let run = |args: &[&str]| {
+            let mut c = d.cli();
+            c.args(args);
+            if let Some(u) = uid {
+                c.uid(u).gid(u);
+            }
+            let out = c.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let s = seed(20);
+        let uri = format!(
+            "otpauth://totp/Forge:ci-bot?secret={s}&issuer=Forge&algorithm=SHA256&digits=8"
+        );
+        let (code, id, err) = run(&["secret", "add", "--uri", &uri]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(id.len(), 36, "prints the id only: {id}");
+        let s2 = seed(16);
+        let (code, id2, _) = run(&["secret", "add", "--secret", &s2, "--label", "plain"]);
+        assert_eq!(code, Some(0));
+
+        let (code, table, _) = run(&["secret", "list"]);
+        assert_eq!(code, Some(0));
+        assert!(
+            table.contains(&id) && table.contains(&id2),
+            "full ids in the list:\n{table}"
+        );
+        assert!(table.contains("ci-bot") && table.contains("Forge"));
+        assert!(!table.contains(&s) && !table.contains(&s2));
+
+        let before = unix_now();
+        let (code, out, _) = run(&["code", &id]);
+        let after = unix_now();
+        assert_eq!(code, Some(0));
+        let want = [before, after].map(|t| reference_totp(&raw(&s), "SHA256", 8, 30, t));
+        assert!(want.contains(&out), "{out:?} vs {want:?}");
+
+        // --socket after the subcommand works too.
+        let sock = d.socket.display().to_string();
+        let mut c = std::process::Command::new(common::BIN);
+        c.args(["code", &id2, "--json", "--socket", &sock])
+            .env_remove("TOTPD_SOCKET");
+        if let Some(u) = uid {
+            c.uid(u).gid(u);
+        }
+        let out = c.output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["period"], 30);
+
+        let (code, _, _) = run(&["secret", "rm", &id]);
+        assert_eq!(code, Some(0));
+        let (code, _, err) = run(&["secret", "rm", &id]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("not found"), "{err}");
+        let (code, _, err) = run(&["secret", "add", "--secret", "short", "--label", "x"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        run(&["secret", "rm", &id2]);
+    }
+    // Unreachable daemon: exit 3 and a clear line.
+    let out = std::process::Command::new(common::BIN)
+        .args(["--socket", "/nonexistent/totpd.sock", "secret", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach totpd"));
+}

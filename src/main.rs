@@ -275,6 +275,20 @@ fn refusal(reply: &totpd::client::Reply) -> Outcome {
     Outcome::Refused(msg)
 }
 
+/// A successful answer as the whole JSON (`--json`) or just the string at `field`;
+/// a refusal as its one-line reason.
+fn answer(reply: &totpd::client::Reply, json: bool, field: &[&str]) -> Outcome {
+    if !reply.is_success() {
+        return refusal(reply);
+    }
+    let v = reply.json().unwrap_or_default();
+    if json {
+        return Outcome::Ok(v.to_string());
+    }
+    let picked = field.iter().fold(&v, |v, k| &v[*k]);
+    Outcome::Ok(picked.as_str().unwrap_or_default().to_string())
+}
+
 async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> {
     match cmd {
         SecretCmd::Add {
@@ -312,18 +326,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> 
                     Some(serde_json::Value::Object(body).to_string().into_bytes()),
                 )
                 .await?;
-            if !reply.is_success() {
-                return Ok(refusal(&reply));
-            }
-            let v = reply.json().unwrap_or_default();
-            Ok(Outcome::Ok(if json {
-                v.to_string()
-            } else {
-                v["totp_secret"]["id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            }))
+            Ok(answer(&reply, json, &["totp_secret", "id"]))
         }
         SecretCmd::List { json } => {
             let reply = client.request("GET", "/api/v2/totp/secrets", None).await?;
@@ -379,15 +382,7 @@ async fn code(
         path.push_str(&format!("?min_validity={n}"));
     }
     let reply = client.request("GET", &path, None).await?;
-    if !reply.is_success() {
-        return Ok(refusal(&reply));
-    }
-    let v = reply.json().unwrap_or_default();
-    Ok(Outcome::Ok(if json {
-        v.to_string()
-    } else {
-        v["code"].as_str().unwrap_or_default().to_string()
-    }))
+    Ok(answer(&reply, json, &["code"]))
 }
 
 /// An id as one path segment: anything that is not a plain id character is escaped.

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fields::flex_int;
-use super::{now, read_json, AppState, BodyError, Ctx};
-use crate::auth::{AuthError, Caller, Capability};
+use super::{now, read_json, surface_error, AppState, Ctx, SurfaceError};
+use crate::auth::{Caller, Capability};
 use crate::otp::{self, uri, Algorithm, Params};
-use crate::store::{AgentSecretInfo, StoreError};
+use crate::store::AgentSecretInfo;
 
 /// Every path of this surface starts here.
 pub const PREFIX: &str = "/api/v2/totp";
@@ -74,31 +74,13 @@ impl IntoResponse for AgentError {
     }
 }
 
-impl From<BodyError> for AgentError {
-    fn from(e: BodyError) -> Self {
-        AgentError::new(e.status(), e.to_string())
+impl SurfaceError for AgentError {
+    fn with_status(status: StatusCode, message: String) -> Self {
+        AgentError::new(status, message)
     }
 }
 
-impl From<&AuthError> for AgentError {
-    fn from(e: &AuthError) -> Self {
-        match e {
-            AuthError::Denied => AgentError::new(StatusCode::FORBIDDEN, "permission denied"),
-            other => internal(other),
-        }
-    }
-}
-
-impl From<StoreError> for AgentError {
-    fn from(e: StoreError) -> Self {
-        internal(&e)
-    }
-}
-
-fn internal(e: &dyn std::fmt::Display) -> AgentError {
-    tracing::error!(error = %e, "internal error");
-    AgentError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-}
+surface_error!(AgentError);
 
 type Res = Result<Response, AgentError>;
 

@@ -129,6 +129,54 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// Each surface's error type. `surface_error!` derives from this the conversions from
+/// the shared layers (body, auth, store), so every surface maps them the same way.
+pub trait SurfaceError: Sized {
+    fn with_status(status: StatusCode, message: String) -> Self;
+}
+
+/// A fault of ours, not the client's: logged in full, answered without detail.
+pub fn internal<E: SurfaceError>(e: &dyn std::fmt::Display) -> E {
+    tracing::error!(error = %e, "internal error");
+    E::with_status(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+}
+
+/// Implements `From<BodyError>`, `From<&AuthError>`, `From<AuthError>` and
+/// `From<StoreError>` for a [`SurfaceError`].
+macro_rules! surface_error {
+    ($t:ty) => {
+        impl From<$crate::api::BodyError> for $t {
+            fn from(e: $crate::api::BodyError) -> Self {
+                <$t as $crate::api::SurfaceError>::with_status(e.status(), e.to_string())
+            }
+        }
+        impl From<&$crate::auth::AuthError> for $t {
+            fn from(e: &$crate::auth::AuthError) -> Self {
+                match e {
+                    $crate::auth::AuthError::Denied => {
+                        <$t as $crate::api::SurfaceError>::with_status(
+                            axum::http::StatusCode::FORBIDDEN,
+                            "permission denied".into(),
+                        )
+                    }
+                    other => $crate::api::internal(other),
+                }
+            }
+        }
+        impl From<$crate::auth::AuthError> for $t {
+            fn from(e: $crate::auth::AuthError) -> Self {
+                <$t>::from(&e)
+            }
+        }
+        impl From<$crate::store::StoreError> for $t {
+            fn from(e: $crate::store::StoreError) -> Self {
+                $crate::api::internal(&e)
+            }
+        }
+    };
+}
+pub(crate) use surface_error;
+
 /// Unix seconds now. Handlers read the clock; everything below takes `now` as an argument.
 pub fn now() -> i64 {
     SystemTime::now()

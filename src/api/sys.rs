@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fields::flex_seconds;
-use super::vault::{self, caller, VaultError};
+use super::vault::{self, caller, ListQuery, VaultError};
 use super::{now, read_json, AppState, Ctx};
 use crate::auth::{self, Capability, Policy};
 use crate::store::TokenRecord;
@@ -141,7 +141,7 @@ async fn token_create(
         None => uuid::Uuid::new_v4().to_string(),
     };
 
-    let token = auth::new_token().map_err(|e| vault::internal(&e))?;
+    let token = auth::new_token().map_err(|e| VaultError::internal(&e))?;
     let accessor = uuid::Uuid::new_v4().simple().to_string();
     let rec = TokenRecord {
         hash: auth::hash_token(&token),
@@ -233,11 +233,6 @@ async fn token_revoke_self(State(st): State<AppState>, Extension(ctx): Extension
 
 // ----- policies -----
 
-#[derive(Deserialize)]
-struct ListQuery {
-    list: Option<String>,
-}
-
 /// A policy name: what Vault allows, lower-cased as Vault does.
 fn policy_name(raw: &str) -> Result<String, VaultError> {
     let name = raw.to_ascii_lowercase();
@@ -259,12 +254,7 @@ async fn policy_list(
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<ListQuery>,
 ) -> Res {
-    if q.list.as_deref() != Some("true") {
-        return Err(VaultError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation: use LIST or ?list=true",
-        ));
-    }
+    q.require()?;
     caller(&ctx)?.require("sys/policies/acl", Capability::List)?;
     let mut keys = st.store.list_policies().await?;
     keys.push(auth::DEFAULT.into());
@@ -283,7 +273,7 @@ async fn policy_read(
     let doc: Value = match name.as_str() {
         auth::ROOT => json!({}),
         auth::DEFAULT => {
-            serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| vault::internal(&e))?
+            serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| VaultError::internal(&e))?
         }
         _ => {
             let text = st
@@ -291,7 +281,7 @@ async fn policy_read(
                 .get_policy(name.clone())
                 .await?
                 .ok_or_else(VaultError::not_found)?;
-            serde_json::from_str(&text).map_err(|e| vault::internal(&e))?
+            serde_json::from_str(&text).map_err(|e| VaultError::internal(&e))?
         }
     };
     Ok(vault::ok(&ctx, json!({ "name": name, "policy": doc })))

@@ -7,9 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{BodyError, Ctx};
-use crate::auth::AuthError;
-use crate::store::StoreError;
+use super::{surface_error, Ctx, SurfaceError};
 
 /// An error in Vault's shape.
 #[derive(Debug)]
@@ -38,6 +36,11 @@ impl VaultError {
     pub fn denied() -> Self {
         Self::new(StatusCode::FORBIDDEN, "permission denied")
     }
+
+    /// See [`super::internal`].
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        super::internal(e)
+    }
 }
 
 impl IntoResponse for VaultError {
@@ -46,37 +49,31 @@ impl IntoResponse for VaultError {
     }
 }
 
-impl From<BodyError> for VaultError {
-    fn from(e: BodyError) -> Self {
-        VaultError::new(e.status(), e.to_string())
+impl SurfaceError for VaultError {
+    fn with_status(status: StatusCode, message: String) -> Self {
+        VaultError::new(status, message)
     }
 }
 
-impl From<&AuthError> for VaultError {
-    fn from(e: &AuthError) -> Self {
-        match e {
-            AuthError::Denied => VaultError::denied(),
-            other => internal(other),
+surface_error!(VaultError);
+
+/// `LIST` arrives as `GET ?list=true`; a plain GET on a list-only path is not allowed.
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    list: Option<String>,
+}
+
+impl ListQuery {
+    pub fn require(&self) -> Result<(), VaultError> {
+        if self.list.as_deref() == Some("true") {
+            Ok(())
+        } else {
+            Err(VaultError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported operation: use LIST or ?list=true",
+            ))
         }
     }
-}
-
-impl From<AuthError> for VaultError {
-    fn from(e: AuthError) -> Self {
-        VaultError::from(&e)
-    }
-}
-
-impl From<StoreError> for VaultError {
-    fn from(e: StoreError) -> Self {
-        internal(&e)
-    }
-}
-
-/// A fault of ours, not the client's: logged in full, answered without detail.
-pub fn internal(e: &dyn std::fmt::Display) -> VaultError {
-    tracing::error!(error = %e, "internal error");
-    VaultError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
 /// Vault's success envelope around `data`.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::fields::{flex_int, flex_seconds};
-use super::vault::{self, caller, VaultError};
+use super::vault::{self, caller, ListQuery, VaultError};
 use super::{now, read_json, AppState, Ctx};
 use crate::auth::{Caller, Capability};
 use crate::otp::{self, qr, uri, Algorithm};
@@ -292,22 +292,12 @@ async fn delete(
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    list: Option<String>,
-}
-
 async fn list(
     State(st): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<ListQuery>,
 ) -> Res {
-    if q.list.as_deref() != Some("true") {
-        return Err(VaultError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation: use LIST or ?list=true",
-        ));
-    }
+    q.require()?;
     caller(&ctx)?.require(ACL, Capability::List)?;
     let methods = st.store.list_methods().await?;
     if methods.is_empty() {
@@ -341,7 +331,7 @@ async fn generate_for(st: &AppState, ctx: &Ctx, method_id: String, entity: Strin
         .await?
         .ok_or_else(|| no_such_method(&method_id))?;
     let params = m.params()?;
-    let secret = otp::generate_secret(m.key_size as usize).map_err(|e| vault::internal(&e))?;
+    let secret = otp::generate_secret(m.key_size as usize).map_err(|e| VaultError::internal(&e))?;
     let url = uri::build(&m.issuer, &entity, &secret, &params);
     let barcode = if m.qr_size > 0 {
         qr::png_base64(&url, m.qr_size as u32)

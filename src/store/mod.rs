@@ -159,8 +159,14 @@ impl Store {
 
     // ----- tokens -----
 
+    /// Stores a token; expired tokens are swept out in the same transaction, so the
+    /// table does not grow with every short-lived token ever made.
     pub async fn create_token(&self, t: TokenRecord) -> Result<(), StoreError> {
         self.write(move |c| {
+            c.execute(
+                "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                [t.created_at],
+            )?;
             c.execute(
                 "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -496,5 +502,32 @@ mod tests {
             s.put_policy("late".into(), "{}".into(), 1).await,
             Err(StoreError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_refused_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db"), sealer(1))
+            .unwrap()
+            .store;
+        let rec = |h: &str, created_at: i64, expires_at: Option<i64>| TokenRecord {
+            hash: h.into(),
+            accessor: format!("acc-{h}"),
+            entity_id: "e".into(),
+            display_name: "d".into(),
+            policies: vec![],
+            created_at,
+            expires_at,
+        };
+        s.create_token(rec("old", 100, Some(110))).await.unwrap();
+        assert!(s.lookup_token("old".into(), 105).await.unwrap().is_some());
+        assert!(s.lookup_token("old".into(), 110).await.unwrap().is_none());
+        s.create_token(rec("new", 200, None)).await.unwrap();
+        let left: i64 = s
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "the expired token was swept");
+        s.close();
     }
 }

@@ -51,6 +51,7 @@ CREATE TABLE otp_secrets (
     last_step    INTEGER,                  -- last accepted time step: replays are refused
     failures     INTEGER NOT NULL DEFAULT 0, -- consecutive failed attempts
     locked_until INTEGER,                  -- unix seconds; every code refused until then
+    last_attempt INTEGER,                  -- unix seconds of the last verification attempt
     created_at   INTEGER NOT NULL
 ) STRICT;
 

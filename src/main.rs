@@ -155,6 +155,11 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // Before the runtime starts threads: this reads and clears LISTEN_* variables.
+    let inherited = match totpd::server::listen::take_systemd_sockets() {
+        Ok(i) => i,
+        Err(e) => return fail(&e.to_string()),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,7 +167,7 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(totpd::server::run(cfg)) {
+    match rt.block_on(totpd::server::run(cfg, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

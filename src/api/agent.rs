@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
 /// Imported secrets shorter than this are refused (RFC 4226 asks for 128, services
 /// commonly hand out 80).
 const MIN_SECRET_BYTES: usize = 10;
+/// Longer than any real seed (SHA512's block is 128 bytes); keeps rows small.
+const MAX_SECRET_BYTES: usize = 128;
 const MAX_LABEL: usize = 256;
 
 /// `{"status": "error", "error": "..."}` with a status code.
@@ -117,7 +119,8 @@ struct NewSecret {
     params: Params,
 }
 
-/// A field given beside the uri must say what the uri says.
+/// A field given beside the uri must say what the uri says. The message names both
+/// values, so it is never used for the secret (see [`agree_secret`]).
 fn agree<T: PartialEq + std::fmt::Debug>(
     field: &str,
     given: Option<T>,
@@ -127,6 +130,14 @@ fn agree<T: PartialEq + std::fmt::Debug>(
         Some(g) if g != from_uri => Err(AgentError::bad(format!(
             "{field}: {g:?} conflicts with the uri, which says {from_uri:?}"
         ))),
+        _ => Ok(from_uri),
+    }
+}
+
+/// As [`agree`], for the seed: the message says that they differ, never what they are.
+fn agree_secret(given: Option<Vec<u8>>, from_uri: Vec<u8>) -> Result<Vec<u8>, AgentError> {
+    match given {
+        Some(g) if g != from_uri => Err(AgentError::bad("secret: conflicts with the uri's secret")),
         _ => Ok(from_uri),
     }
 }
@@ -175,7 +186,7 @@ impl CreateReq {
             Some(u) => {
                 let k = uri::parse(u).map_err(|e| AgentError::bad(e.to_string()))?;
                 NewSecret {
-                    secret: agree("secret", secret, k.secret)?,
+                    secret: agree_secret(secret, k.secret)?,
                     label: agree("label", label, k.label)?,
                     issuer: match (issuer, k.issuer) {
                         (Some(g), Some(u)) if g != u => {
@@ -212,6 +223,21 @@ impl CreateReq {
                 "secret: too short ({} bits); at least {} bits are required",
                 new.secret.len() * 8,
                 MIN_SECRET_BYTES * 8
+            )));
+        }
+        if new.secret.len() > MAX_SECRET_BYTES {
+            return Err(AgentError::bad(format!(
+                "secret: too long; at most {} bits",
+                MAX_SECRET_BYTES * 8
+            )));
+        }
+        if new
+            .issuer
+            .as_ref()
+            .is_some_and(|i| i.chars().count() > MAX_LABEL)
+        {
+            return Err(AgentError::bad(format!(
+                "issuer: at most {MAX_LABEL} characters"
             )));
         }
         if new.label.is_empty() || new.label.chars().count() > MAX_LABEL {

@@ -61,6 +61,8 @@ impl Ctx {
 pub enum BodyError {
     #[error("request body larger than {MAX_BODY} bytes")]
     TooLarge,
+    #[error("request body not received within {} seconds", BODY_TIMEOUT.as_secs())]
+    Timeout,
     #[error("failed to read request body: {0}")]
     Read(String),
     #[error("malformed JSON: {0}")]
@@ -74,17 +76,29 @@ impl BodyError {
     pub fn status(&self) -> StatusCode {
         match self {
             BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }
 }
 
+/// A client gets this long to send its body once the headers are in.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads at most [`MAX_BODY`] bytes and parses them as `T`. An empty body reads as `{}`.
 /// Errors name the offending field (`digits: invalid type ...`).
 pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, BodyError> {
-    let bytes = http_body_util::Limited::new(body, MAX_BODY)
-        .collect()
-        .await
+    // A declared length over the limit is refused before waiting for any of it.
+    if http_body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(body, MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| BodyError::Timeout)?;
+    let bytes = collected
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -103,30 +117,53 @@ pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, BodyError> 
     parse_json(bytes)
 }
 
-/// Parses JSON into `T`, naming the field on a type error.
+/// Parses a JSON object into `T`, naming the field on a type error. The value at fault
+/// is never echoed: it may be a code, a token or a seed.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    // serde would read a struct from a JSON array too; a body is an object.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            return Err(BodyError::Field(
+                "request body must be a JSON object".into(),
+            ))
+        }
+        _ => {}
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data if path != "." => {
-                BodyError::Field(format!("{path}: {}", strip_position(&inner.to_string())))
+                BodyError::Field(format!("{path}: {}", redact(&inner.to_string())))
             }
-            serde_json::error::Category::Data => {
-                BodyError::Field(strip_position(&inner.to_string()))
-            }
+            serde_json::error::Category::Data => BodyError::Field(redact(&inner.to_string())),
             _ => BodyError::Malformed(inner.to_string()),
         }
     })
 }
 
-/// serde_json appends " at line 1 column 12" to data errors; useless to an API client.
-fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+/// A serde data error without its position (" at line 1 column 12") and without the
+/// offending value: "invalid type: integer `123456`, expected a string" becomes
+/// "invalid type: integer, expected a string".
+fn redact(msg: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    if !(msg.starts_with("invalid type:") || msg.starts_with("invalid value:")) {
+        return msg.to_string();
     }
+    let (head, tail) = match msg.find(", expected") {
+        Some(i) => msg.split_at(i),
+        None => (msg, ""),
+    };
+    // Cut the quoted value: `...` (numbers, booleans) or "..." (strings).
+    let cut = head
+        .find(['`', '"'])
+        .map_or(head, |i| head[..i].trim_end());
+    format!("{cut}{tail}")
 }
 
 /// Each surface's error type. `surface_error!` derives from this the conversions from
@@ -210,7 +247,7 @@ async fn method_not_allowed(uri: Uri, method: Method) -> Response {
 }
 
 /// An error in the shape of the surface that owns `path`.
-fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
+pub(crate) fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
     if path.starts_with(agent::PREFIX) {
         agent::AgentError::new(status, msg).into_response()
     } else {
@@ -258,5 +295,26 @@ mod tests {
             Err(BodyError::Malformed(_))
         ));
         assert!(matches!(parse_json::<T>(b"{}"), Err(BodyError::Field(_))));
+        assert!(matches!(parse_json::<T>(b"[6]"), Err(BodyError::Field(_))));
+    }
+
+    #[test]
+    fn errors_never_echo_the_value() {
+        for body in [
+            &br#"{"digits": "123456"}"#[..],
+            br#"{"digits": -12345678}"#,
+            br#"{"digits": 1.5}"#,
+        ] {
+            match parse_json::<T>(body) {
+                Err(BodyError::Field(m)) => {
+                    assert!(m.starts_with("digits: invalid"), "{m}");
+                    assert!(
+                        !m.contains("123456") && !m.contains("12345678") && !m.contains("1.5"),
+                        "{m}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

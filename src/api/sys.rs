@@ -131,13 +131,13 @@ async fn token_create(
     }
 
     let entity_id = match req.entity_id {
-        Some(e) if e.trim().is_empty() => {
-            return Err(VaultError::bad_request("entity_id: must not be empty"))
+        Some(raw) => {
+            let e = vault::entity_id("entity_id", &raw)?;
+            if e != who.entity_id && !who.allowed("auth/token/create", Capability::Sudo) {
+                return Err(VaultError::denied());
+            }
+            e
         }
-        Some(e) if e != who.entity_id && !who.allowed("auth/token/create", Capability::Sudo) => {
-            return Err(VaultError::denied())
-        }
-        Some(e) => e,
         None => uuid::Uuid::new_v4().to_string(),
     };
 
@@ -267,7 +267,9 @@ async fn policy_read(
     State(st): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Path(raw): Path<String>,
+    Query(q): Query<ListQuery>,
 ) -> Res {
+    q.forbid()?;
     let name = policy_name(&raw)?;
     caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
     let doc: Value = match name.as_str() {

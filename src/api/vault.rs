@@ -64,8 +64,13 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    fn listing(&self) -> bool {
+        self.list.as_deref() == Some("true")
+    }
+
+    /// On a list-only path: a plain GET is not allowed.
     pub fn require(&self) -> Result<(), VaultError> {
-        if self.list.as_deref() == Some("true") {
+        if self.listing() {
             Ok(())
         } else {
             Err(VaultError::new(
@@ -74,6 +79,40 @@ impl ListQuery {
             ))
         }
     }
+
+    /// On a read-only path: LIST is not allowed.
+    pub fn forbid(&self) -> Result<(), VaultError> {
+        if self.listing() {
+            Err(VaultError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported operation: LIST",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The longest entity id a client may name (admin-generate, validate, token create).
+pub const MAX_ENTITY_ID: usize = 128;
+
+/// An entity id given by a client: trimmed, 1..=128 characters of letters, digits and
+/// `.`, `_`, `-`, `:`, `@`.
+pub fn entity_id(field: &str, raw: &str) -> Result<String, VaultError> {
+    let e = raw.trim();
+    if e.is_empty() {
+        return Err(VaultError::bad_request(format!("{field}: must be set")));
+    }
+    if e.len() > MAX_ENTITY_ID
+        || !e
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
+    {
+        return Err(VaultError::bad_request(format!(
+            "{field}: at most {MAX_ENTITY_ID} letters, digits and '.', '_', '-', ':', '@'"
+        )));
+    }
+    Ok(e.to_string())
 }
 
 /// Vault's success envelope around `data`.

@@ -82,6 +82,8 @@ struct MethodReq {
 const KEY_SIZE: std::ops::RangeInclusive<i64> = 10..=64;
 const MAX_QR: i64 = 2048;
 const MAX_PERIOD: i64 = 86_400;
+const MAX_ISSUER: usize = 128;
+const MAX_ATTEMPTS: i64 = 100_000;
 
 impl MethodReq {
     /// Checks every field (Vault's order and defaults) into a record for `id`.
@@ -127,6 +129,12 @@ impl MethodReq {
         if issuer.is_empty() {
             return bad("issuer: must be set");
         }
+        // The otpauth label is "issuer:account"; a colon in the issuer would split it wrong.
+        if issuer.contains(':') || issuer.chars().count() > MAX_ISSUER {
+            return bad(&format!(
+                "issuer: at most {MAX_ISSUER} characters, without ':'"
+            ));
+        }
         let qr_size = self.qr_size.unwrap_or(200);
         if !(0..=MAX_QR).contains(&qr_size) {
             return bad(&format!(
@@ -134,14 +142,16 @@ impl MethodReq {
             ));
         }
         if qr_size > 0 {
-            // A URL as long as generate will make: a uuid entity, a key_size secret.
+            // The longest URL generate can make: the longest entity id, each character
+            // percent-encoded, and a key_size secret.
             let sample_secret = vec![0u8; key_size as usize];
             let p = otp::Params {
                 algorithm,
                 digits: digits as u32,
                 period: period as u64,
             };
-            let sample = uri::build(&issuer, &uuid::Uuid::nil().to_string(), &sample_secret, &p);
+            let longest_entity = ":".repeat(vault::MAX_ENTITY_ID);
+            let sample = uri::build(&issuer, &longest_entity, &sample_secret, &p);
             match qr::min_size(&sample) {
                 Ok(min) if qr_size < i64::from(min) => {
                     return bad(&format!("qr_size: {qr_size} is too small for this method's QR code, which needs at least {min} pixels"))
@@ -151,9 +161,9 @@ impl MethodReq {
             }
         }
         let max_validation_attempts = match self.max_validation_attempts.unwrap_or(0) {
-            n if n < 0 => {
+            n if !(0..=MAX_ATTEMPTS).contains(&n) => {
                 return bad(&format!(
-                    "max_validation_attempts: must not be negative, not {n}"
+                    "max_validation_attempts: must be from 0 (the default, 5) to {MAX_ATTEMPTS}, not {n}"
                 ))
             }
             0 => i64::from(otp::DEFAULT_MAX_ATTEMPTS),
@@ -185,6 +195,7 @@ fn method_json(m: &MethodRecord) -> Value {
         "id": m.id,
         "name": m.name.clone().unwrap_or_default(),
         "type": "totp",
+        "namespace": "",
         "namespace_id": "root",
         "namespace_path": "",
         "issuer": m.issuer,
@@ -265,7 +276,9 @@ async fn read(
     State(st): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Path(raw): Path<String>,
+    Query(q): Query<ListQuery>,
 ) -> Res {
+    q.forbid()?;
     let id = method_id("method_id", &raw)?;
     caller(&ctx)?.require(&format!("{ACL}/{id}"), Capability::Read)?;
     let m = st
@@ -334,7 +347,11 @@ async fn generate_for(st: &AppState, ctx: &Ctx, method_id: String, entity: Strin
     let secret = otp::generate_secret(m.key_size as usize).map_err(|e| VaultError::internal(&e))?;
     let url = uri::build(&m.issuer, &entity, &secret, &params);
     let barcode = if m.qr_size > 0 {
-        qr::png_base64(&url, m.qr_size as u32)
+        // Up to a few milliseconds of pixel work: off the async workers.
+        let (u, size) = (url.clone(), m.qr_size as u32);
+        tokio::task::spawn_blocking(move || qr::png_base64(&u, size))
+            .await
+            .map_err(|e| VaultError::internal(&e))?
             .map_err(|e| VaultError::bad_request(format!("qr_size: {e}")))?
     } else {
         String::new()
@@ -371,10 +388,7 @@ async fn admin_target(ctx: &Ctx, path: &str, body: Body) -> Result<(String, Stri
     who.require(path, Capability::Sudo)?;
     let req: MethodEntity = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
-    let entity = req.entity_id.trim().to_string();
-    if entity.is_empty() {
-        return Err(VaultError::bad_request("entity_id: must be set"));
-    }
+    let entity = vault::entity_id("entity_id", &req.entity_id)?;
     Ok((id, entity))
 }
 
@@ -419,16 +433,15 @@ async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, bo
     let passcode = req
         .passcode
         .ok_or_else(|| VaultError::bad_request("passcode: must be set"))?;
-    let entity = match req
-        .entity_id
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-    {
-        Some(e) if e != who.entity_id => {
-            who.require(&path, Capability::Sudo)?;
+    let entity = match req.entity_id.filter(|e| !e.trim().is_empty()) {
+        Some(raw) => {
+            let e = vault::entity_id("entity_id", &raw)?;
+            if e != who.entity_id {
+                who.require(&path, Capability::Sudo)?;
+            }
             e
         }
-        _ => who.entity_id.clone(),
+        None => who.entity_id.clone(),
     };
     match st
         .store

@@ -151,6 +151,21 @@ pub fn verify(
     state: VerifyState,
 ) -> (Outcome, VerifyState) {
     let mut st = state;
+    let code = code.trim();
+    let well_formed = code.len() == p.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
+    // The window is computed before the lock is looked at, so a locked refusal costs the
+    // same as a wrong code.
+    let mut matched = None;
+    if well_formed {
+        let current = p.step(now);
+        let skew = w.skew as i64;
+        for step in (current - skew).max(0)..=current + skew {
+            let expected = code_for_step(secret, p, step);
+            if constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+                matched = Some(step);
+            }
+        }
+    }
     if let Some(until) = st.locked_until {
         if now < until {
             return (Outcome::Refused(Refusal::Locked), st);
@@ -158,30 +173,16 @@ pub fn verify(
         st.locked_until = None;
         st.failures = 0;
     }
-    let code = code.trim();
-    let refusal = if code.len() != p.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        Refusal::Malformed
-    } else {
-        let current = p.step(now);
-        let skew = w.skew as i64;
-        // Every candidate is computed and compared, so timing does not tell which matched.
-        let mut matched = None;
-        for step in (current - skew).max(0)..=current + skew {
-            let expected = code_for_step(secret, p, step);
-            if constant_time_eq(expected.as_bytes(), code.as_bytes()) {
-                matched = Some(step);
-            }
+    let refusal = match matched {
+        _ if !well_formed => Refusal::Malformed,
+        Some(step) if st.last_step.is_some_and(|last| step <= last) => Refusal::Replay,
+        Some(step) => {
+            st.last_step = Some(step);
+            st.failures = 0;
+            st.locked_until = None;
+            return (Outcome::Accepted { step }, st);
         }
-        match matched {
-            Some(step) if st.last_step.is_some_and(|last| step <= last) => Refusal::Replay,
-            Some(step) => {
-                st.last_step = Some(step);
-                st.failures = 0;
-                st.locked_until = None;
-                return (Outcome::Accepted { step }, st);
-            }
-            None => Refusal::Invalid,
-        }
+        None => Refusal::Invalid,
     };
     st.failures = st.failures.saturating_add(1);
     if st.failures >= w.max_attempts.max(1) {

@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::api::{now, AppState, Ctx};
+use crate::api::{self, now, AppState, Ctx};
 use crate::auth::{self, Peer};
 
 /// Daemon facts the middleware needs beside the app state.
@@ -19,19 +19,32 @@ pub struct MwState {
     pub daemon_uid: u32,
 }
 
-/// Vault's `LIST` verb is `GET ?list=true`; rewritten before routing so both reach
-/// the same handler.
-pub fn rewrite_list(mut req: Request) -> Request {
-    if req.method().as_str() == "LIST" {
+/// Before routing: Vault's `LIST` verb becomes `GET ?list=true`, so both reach the same
+/// handler, and a trailing slash is dropped (`/v1/x/` is `/v1/x`, as Vault and Django
+/// clients expect).
+pub fn normalize(mut req: Request) -> Request {
+    let list = req.method().as_str() == "LIST";
+    let path = req.uri().path();
+    let trimmed = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    if !list && trimmed.len() == path.len() {
+        return req;
+    }
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let query = match (req.uri().query().filter(|q| !q.is_empty()), list) {
+        (Some(q), true) => format!("?{q}&list=true"),
+        (None, true) => "?list=true".to_string(),
+        (Some(q), false) => format!("?{q}"),
+        (None, false) => String::new(),
+    };
+    if let Ok(new) = format!("{trimmed}{query}").parse::<Uri>() {
+        *req.uri_mut() = new;
+    }
+    if list {
         *req.method_mut() = Method::GET;
-        let uri = req.uri();
-        let pq = match uri.query() {
-            Some(q) if !q.is_empty() => format!("{}?{q}&list=true", uri.path()),
-            _ => format!("{}?list=true", uri.path()),
-        };
-        if let Ok(new) = pq.parse::<Uri>() {
-            *req.uri_mut() = new;
-        }
     }
     req
 }
@@ -41,7 +54,9 @@ fn request_id(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| {
+            !v.trim().is_empty() && v.len() <= 256 && v.bytes().all(|b| (b' '..=b'~').contains(&b))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -65,7 +80,24 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
         .unwrap_or_else(|| "<unmatched>".into());
     req.extensions_mut().insert(ctx);
 
+    let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
+
+    // Extractor rejections (a bad query string, a path that is not UTF-8) come from the
+    // routing layer as text/plain; every client error leaves in its surface's shape.
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if resp.status().is_client_error() && plain {
+        let status = resp.status();
+        let text = axum::body::to_bytes(std::mem::take(resp.body_mut()), 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        resp = api::error_for_path(&path, status, &text);
+    }
 
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
@@ -81,4 +113,37 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
         "request"
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(method: &str, uri: &str) -> (String, String) {
+        let req = axum::http::Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = normalize(req);
+        (r.method().to_string(), r.uri().to_string())
+    }
+
+    #[test]
+    fn list_and_trailing_slashes() {
+        assert_eq!(
+            norm("LIST", "/v1/a"),
+            ("GET".into(), "/v1/a?list=true".into())
+        );
+        assert_eq!(
+            norm("LIST", "/v1/a/?x=1"),
+            ("GET".into(), "/v1/a?x=1&list=true".into())
+        );
+        assert_eq!(
+            norm("POST", "/api/v1/auth/totp/setup/"),
+            ("POST".into(), "/api/v1/auth/totp/setup".into())
+        );
+        assert_eq!(norm("GET", "/"), ("GET".into(), "/".into()));
+        assert_eq!(norm("GET", "/v1/a?b=c"), ("GET".into(), "/v1/a?b=c".into()));
+    }
 }

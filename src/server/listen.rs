@@ -90,9 +90,16 @@ pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<Listener, ServerErro
         .map_err(|e| ServerError::Listen(format!("tcp {addr}: {e}")))
 }
 
-/// Sockets passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fds from 3), if they are ours.
-/// The variables are removed so child processes do not inherit them.
-pub fn systemd_listeners() -> Result<Vec<Listener>, ServerError> {
+/// A socket systemd passed in, not yet registered with the runtime.
+pub enum Inherited {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+/// Takes the sockets passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fds from 3), if they
+/// are ours, and removes the variables so children do not inherit them. Call it before
+/// any other thread exists: it changes the environment.
+pub fn take_systemd_sockets() -> Result<Vec<Inherited>, ServerError> {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -115,24 +122,15 @@ pub fn systemd_listeners() -> Result<Vec<Listener>, ServerError> {
             fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
-        let err = |e: std::io::Error| ServerError::Listen(format!("systemd fd {fd}: {e}"));
         match addr.family() {
-            Some(AddressFamily::Unix) => {
-                // SAFETY: systemd hands us this fd, open and owned by no one else here.
-                let std_l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-                std_l.set_nonblocking(true).map_err(err)?;
-                out.push(Listener::Unix {
-                    listener: tokio::net::UnixListener::from_std(std_l).map_err(err)?,
-                    owned_path: None,
-                });
-            }
+            // SAFETY: systemd hands us these fds, open and owned by no one else here.
+            Some(AddressFamily::Unix) => out.push(Inherited::Unix(unsafe {
+                std::os::unix::net::UnixListener::from_raw_fd(fd)
+            })),
             Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => {
-                // SAFETY: as above.
-                let std_l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                std_l.set_nonblocking(true).map_err(err)?;
-                out.push(Listener::Tcp(
-                    tokio::net::TcpListener::from_std(std_l).map_err(err)?,
-                ));
+                out.push(Inherited::Tcp(unsafe {
+                    std::net::TcpListener::from_raw_fd(fd)
+                }))
             }
             other => {
                 return Err(ServerError::Listen(format!(
@@ -142,6 +140,28 @@ pub fn systemd_listeners() -> Result<Vec<Listener>, ServerError> {
         }
     }
     Ok(out)
+}
+
+impl Inherited {
+    /// Registers the socket with the runtime (which must be running).
+    pub fn into_listener(self) -> Result<Listener, ServerError> {
+        let err = |e: std::io::Error| ServerError::Listen(format!("systemd socket: {e}"));
+        match self {
+            Inherited::Unix(l) => {
+                l.set_nonblocking(true).map_err(err)?;
+                Ok(Listener::Unix {
+                    listener: tokio::net::UnixListener::from_std(l).map_err(err)?,
+                    owned_path: None,
+                })
+            }
+            Inherited::Tcp(l) => {
+                l.set_nonblocking(true).map_err(err)?;
+                Ok(Listener::Tcp(
+                    tokio::net::TcpListener::from_std(l).map_err(err)?,
+                ))
+            }
+        }
+    }
 }
 
 /// The uid of a Unix-socket peer, from SO_PEERCRED.

@@ -41,7 +41,7 @@ pub enum ServerError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(cfg: ServeConfig) -> Result<(), ServerError> {
+pub async fn run(cfg: ServeConfig, inherited: Vec<listen::Inherited>) -> Result<(), ServerError> {
     prepare_dirs(&cfg)?;
 
     let has_key = cfg
@@ -75,7 +75,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServerError> {
         })?;
     let store = opened.store;
 
-    let result = serve(&cfg, &store, opened.created).await;
+    let result = serve(&cfg, &store, opened.created, inherited).await;
     // Queued writes finish before the connection closes.
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
@@ -83,12 +83,20 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServerError> {
     result
 }
 
-async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), ServerError> {
+async fn serve(
+    cfg: &ServeConfig,
+    store: &Store,
+    created: bool,
+    inherited: Vec<listen::Inherited>,
+) -> Result<(), ServerError> {
     if cfg.dev && created {
         create_root_token(cfg, store).await?;
     }
 
-    let mut listeners = listen::systemd_listeners()?;
+    let mut listeners = inherited
+        .into_iter()
+        .map(listen::Inherited::into_listener)
+        .collect::<Result<Vec<_>, _>>()?;
     if listeners.is_empty() {
         listeners.push(listen::bind_unix(
             &cfg.socket,
@@ -112,7 +120,7 @@ async fn serve(cfg: &ServeConfig, store: &Store, created: bool) -> Result<(), Se
     };
     let router =
         api::router(app_state).layer(axum::middleware::from_fn_with_state(mw, http::middleware));
-    let rewrite: fn(axum::extract::Request) -> axum::extract::Request = http::rewrite_list;
+    let rewrite: fn(axum::extract::Request) -> axum::extract::Request = http::normalize;
     let app = tower::util::MapRequestLayer::new(rewrite).layer(router);
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -170,7 +170,7 @@ impl Store {
     pub async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {METHOD_COLS} FROM mfa_methods ORDER BY created_at, id"
+                "SELECT {METHOD_COLS} FROM mfa_methods ORDER BY id"
             ))?;
             let rows = stmt
                 .query_map([], method_row)?

@@ -530,4 +530,22 @@ mod tests {
         assert_eq!(left, 1, "the expired token was swept");
         s.close();
     }
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("p.db"), sealer(1))
+            .unwrap()
+            .store;
+        let r: Result<(), StoreError> = s
+            .write(|c| {
+                c.execute("INSERT INTO policies VALUES ('half', '{}', 1)", [])?;
+                panic!("boom")
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Closed)));
+        s.put_policy("after".into(), "{}".into(), 1).await.unwrap();
+        assert_eq!(s.list_policies().await.unwrap(), vec!["after".to_string()]);
+        s.close();
+    }
 }

@@ -109,11 +109,12 @@ pub(super) fn check_and_record(
     };
     let secret = sealer.open(&aad(id), &row.sealed)?;
     let (outcome, state) = otp::verify(&secret, &row.params, window, code, now, row.state);
-    if state != row.state {
-        c.execute(
-            "UPDATE otp_secrets SET last_step = ?2, failures = ?3, locked_until = ?4 WHERE id = ?1",
-            params![id, state.last_step, state.failures, state.locked_until],
-        )?;
-    }
+    // Written on every attempt, even one refused while locked: a refusal that skipped the
+    // write (and its fsync) would answer faster and tell the caller the secret is locked.
+    c.execute(
+        "UPDATE otp_secrets SET last_step = ?2, failures = ?3, locked_until = ?4, last_attempt = ?5
+         WHERE id = ?1",
+        params![id, state.last_step, state.failures, state.locked_until, now],
+    )?;
     Ok(Some(outcome))
 }

@@ -117,7 +117,16 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
             tracing::error!(error = %e, "cannot open savepoint");
             continue;
         }
-        let (ok, reply) = job(conn);
+        // A panicking operation must not take the writer (and every later write) with it:
+        // its savepoint is rolled back and its caller, whose reply is dropped, gets an error.
+        let (ok, reply) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
+        {
+            Ok((ok, reply)) => (ok, Some(reply)),
+            Err(_) => {
+                tracing::error!("a write operation panicked; rolled back");
+                (false, None)
+            }
+        };
         let end = if ok {
             "RELEASE op"
         } else {
@@ -126,7 +135,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         if let Err(e) = conn.execute_batch(end) {
             tracing::error!(error = %e, "cannot close savepoint");
         }
-        replies.push(reply);
+        replies.extend(reply);
     }
     let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
     if let Err(e) = &commit {

@@ -175,13 +175,40 @@ async fn list_never_contains_a_secret() {
             assert!(!r.text.to_lowercase().contains(&s.to_lowercase()));
         }
     }
-    // Nor is any in the database in clear.
+    // Nor is any in the database in clear, nor in the log, nor any code.
+    let mut codes = Vec::new();
+    for item in d.req("GET", SECRETS, None, None).await.json["totp_secrets"]
+        .as_array()
+        .unwrap()
+    {
+        let r = d
+            .req(
+                "GET",
+                &format!("/api/v2/totp/code/{}", item["id"].as_str().unwrap()),
+                None,
+                None,
+            )
+            .await;
+        codes.push(r.json["code"].as_str().unwrap().to_string());
+    }
     let mut d = d;
     d.stop();
     let db = d.db_bytes();
+    let log = d.stderr();
+    assert!(
+        log.contains("route=/api/v2/totp/code/{id}"),
+        "no request lines in the log"
+    );
     for s in &seeds {
         assert!(!contains(&db, s.as_bytes()));
         assert!(!contains(&db, &raw(s)));
+        assert!(!log.contains(s.as_str()), "a seed reached the log");
+    }
+    for c in &codes {
+        assert!(
+            !log.contains(&format!("{c} ")) && !log.contains(&format!("={c}")),
+            "a code reached the log"
+        );
     }
 }
 
@@ -383,6 +410,14 @@ async fn bad_registrations_are_refused_and_store_nothing() {
             "digits",
         ),
         (json!({"secret": 12345, "label": "x"}), "secret"),
+        (
+            json!({"uri": format!("otpauth://totp/x?secret={good}"), "secret": seed(20)}),
+            "secret",
+        ),
+        (json!({"secret": seed(129), "label": "x"}), "long"),
+        (json!({"secret": good, "label": "x".repeat(300)}), "label"),
+        (json!({"secret": good, "label": "x", "period": 0}), "period"),
+        (json!([good, "x"]), "object"),
     ];
     for (body, word) in cases {
         let r = d.req("POST", SECRETS, Some(body.clone()), None).await;
@@ -393,7 +428,17 @@ async fn bad_registrations_are_refused_and_store_nothing() {
             msg.contains(word),
             "{body}: {msg:?} does not mention {word}"
         );
-        assert!(!msg.contains(&good), "the error echoes the secret");
+        assert!(
+            !msg.contains(&good) && !msg.contains(&good[..16]),
+            "the error echoes a secret: {msg}"
+        );
+        if let Some(s) = body["secret"].as_str() {
+            assert!(!msg.contains(s), "the error echoes the secret: {msg}");
+        }
+        assert!(
+            !msg.contains("[") || word == "object",
+            "the error prints bytes: {msg}"
+        );
     }
     let r = d
         .raw_unix("POST", SECRETS, &[], Some(b"{\"secret\":".to_vec()))

@@ -90,6 +90,15 @@ async fn request_id_is_set_and_echoed() {
         .await;
     assert_eq!(r.headers.get("x-request-id").unwrap(), "abc-123");
     assert_eq!(r.json["request_id"], "abc-123");
+    let r = d
+        .raw_unix(
+            "GET",
+            "/v1/sys/health",
+            &[("x-request-id", "trace 42/a".into())],
+            None,
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "trace 42/a");
 }
 
 #[tokio::test]

@@ -353,7 +353,11 @@ async fn method_crud_list_and_vault_defaults() {
         assert_eq!(r.status, 200);
         let mut want = vec![id.clone(), id2.clone()];
         want.sort();
-        assert_eq!(r.json["data"]["keys"], json!(want), "keys in order, as Vault lists them");
+        assert_eq!(
+            r.json["data"]["keys"],
+            json!(want),
+            "keys in order, as Vault lists them"
+        );
         assert_eq!(r.json["data"]["key_info"][&id2]["issuer"], "two");
     }
     // Delete: refused while an entity holds a secret, fine after admin-destroy.
@@ -617,4 +621,212 @@ fn a_local_uid_generates_its_own_secret_without_a_token() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids_on_every_route() {
+    let d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v"})).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let with = |m: &str| json!({"method_id": m, "entity_id": "e", "passcode": "123456"});
+    for (method, path, body) in [
+        ("GET", format!("{BASE}/{unknown}"), None),
+        (
+            "POST",
+            format!("{BASE}/{unknown}"),
+            Some(json!({"issuer": "x"})),
+        ),
+        ("DELETE", format!("{BASE}/{unknown}"), None),
+        ("POST", format!("{BASE}/generate"), Some(with(&unknown))),
+        (
+            "POST",
+            format!("{BASE}/admin-generate"),
+            Some(with(&unknown)),
+        ),
+        (
+            "POST",
+            format!("{BASE}/admin-destroy"),
+            Some(with(&unknown)),
+        ),
+        ("POST", format!("{BASE}/validate"), Some(with(&unknown))),
+    ] {
+        let r = d.req(method, &path, body, None).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text);
+        assert!(
+            r.json["errors"][0].as_str().unwrap().contains("method_id"),
+            "{}",
+            r.text
+        );
+    }
+    for (method, path, body) in [
+        ("GET", format!("{BASE}/1234"), None),
+        ("POST", format!("{BASE}/zzz"), Some(json!({"issuer": "x"}))),
+        ("DELETE", format!("{BASE}/zzz"), None),
+        ("POST", format!("{BASE}/admin-generate"), Some(with("zzz"))),
+        ("POST", format!("{BASE}/admin-destroy"), Some(with("zzz"))),
+        ("POST", format!("{BASE}/validate"), Some(with("zzz"))),
+    ] {
+        let r = d.req(method, &path, body, None).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text);
+        assert!(
+            r.json["errors"][0].as_str().unwrap().contains("method_id"),
+            "{}",
+            r.text
+        );
+    }
+    // Entity ids are checked too.
+    for e in ["", "has space", &"x".repeat(129)] {
+        let r = d
+            .req(
+                "POST",
+                &format!("{BASE}/admin-generate"),
+                Some(json!({"method_id": id, "entity_id": e})),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{e:?}");
+        assert!(r.json["errors"][0].as_str().unwrap().contains("entity_id"));
+    }
+    // Odd requests keep Vault's error shape: a repeated query key, a non-UTF-8 path,
+    // LIST on a single method, an array for a body.
+    for (method, path) in [
+        ("GET", format!("{BASE}?list=true&list=true")),
+        ("GET", format!("{BASE}/%FF")),
+    ] {
+        let r = d.req(method, &path, None, None).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert!(r.json["errors"].is_array(), "{path}: {}", r.text);
+    }
+    assert_eq!(
+        d.req("LIST", &format!("{BASE}/{id}"), None, None)
+            .await
+            .status,
+        405
+    );
+    let r = d
+        .raw_unix("POST", BASE, &[], Some(br#"[null, "issuer"]"#.to_vec()))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("object"));
+    // A trailing slash is the same path, as in Vault.
+    let r = d.req("LIST", &format!("{BASE}/"), None, None).await;
+    assert_eq!(r.json["data"]["keys"], json!([id]));
+    assert_eq!(
+        d.req("GET", &format!("{BASE}/{id}/"), None, None)
+            .await
+            .json["data"]["namespace"],
+        ""
+    );
+}
+
+#[tokio::test]
+async fn bounds_beyond_vault_keep_secrets_sound() {
+    let d = Daemon::start();
+    for (body, field) in [
+        (
+            json!({"issuer": "x", "max_validation_attempts": 4294967296u64}),
+            "max_validation_attempts",
+        ),
+        (json!({"issuer": "a:b"}), "issuer"),
+        (json!({"issuer": "x".repeat(200)}), "issuer"),
+        (
+            json!({"issuer": "x", "key_size": 1_000_000_000}),
+            "key_size",
+        ),
+        (
+            json!({"issuer": "x", "period": 1_000_000_000_000_000_000i64}),
+            "period",
+        ),
+        (json!({"issuer": "x", "qr_size": 100_000}), "qr_size"),
+    ] {
+        let r = d.req("POST", BASE, Some(body.clone()), None).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(
+            r.json["errors"][0].as_str().unwrap().contains(field),
+            "{}",
+            r.text
+        );
+    }
+    // The smallest accepted qr_size fits every entity id generate can be given.
+    let r = d
+        .req(
+            "POST",
+            BASE,
+            Some(json!({"issuer": "v", "qr_size": 10})),
+            None,
+        )
+        .await;
+    let msg = r.json["errors"][0].as_str().unwrap().to_string();
+    let min: u32 = msg
+        .split("at least ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no minimum in {msg:?}"));
+    let r = d
+        .req(
+            "POST",
+            BASE,
+            Some(json!({"issuer": "v", "qr_size": min - 1})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let id = create_method(&d, json!({"issuer": "v", "qr_size": min})).await;
+    let long_entity = ":".repeat(128);
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": id, "entity_id": long_entity})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "qr_size {min}: {}", r.text);
+    let (w, _, text) = decode_qr(r.json["data"]["barcode"].as_str().unwrap());
+    assert_eq!(w, min);
+    assert_eq!(text, r.json["data"]["url"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn admin_generate_twice_warns_and_a_replaced_secret_drops_the_old_one() {
+    let d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v", "method_name": "corp"})).await;
+    let old = admin_generate(&d, &id, "grace").await;
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": id, "entity_id": "grace"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["data"].is_null());
+    assert_eq!(
+        r.json["warnings"],
+        json!(["Entity already has a secret for MFA method \"corp\""])
+    );
+    let r = d
+        .req(
+            "POST",
+            &format!("{BASE}/admin-destroy"),
+            Some(json!({"method_id": id, "entity_id": "grace"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let new = admin_generate(&d, &id, "grace").await;
+    assert_ne!(old.secret, new.secret);
+    fresh_step(30, 3).await;
+    let now = unix_now();
+    let (old_code, new_code) = (code(&old, now), code(&new, now));
+    if old_code != new_code {
+        assert_eq!(
+            validate(&d, &id, "grace", &old_code).await,
+            403,
+            "the old secret still works"
+        );
+    }
+    assert_eq!(validate(&d, &id, "grace", &new_code).await, 200);
 }

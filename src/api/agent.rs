@@ -23,13 +23,6 @@ use crate::store::AgentSecretInfo;
 /// Every path of this surface starts here.
 pub const PREFIX: &str = "/api/v2/totp";
 
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/api/v2/totp/secrets"),
-    ("GET", "/api/v2/totp/secrets"),
-    ("DELETE", "/api/v2/totp/secrets/{id}"),
-    ("GET", "/api/v2/totp/code/{id}"),
-];
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v2/totp/secrets", get(list).post(create))

@@ -160,9 +160,7 @@ fn redact(msg: &str) -> String {
         None => (msg, ""),
     };
     // Cut the quoted value: `...` (numbers, booleans) or "..." (strings).
-    let cut = head
-        .find(['`', '"'])
-        .map_or(head, |i| head[..i].trim_end());
+    let cut = head.find(['`', '"']).map_or(head, |i| head[..i].trim_end());
     format!("{cut}{tail}")
 }
 
@@ -255,13 +253,8 @@ pub(crate) fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Respo
     }
 }
 
-/// Every (method, path) the router serves, in OpenAPI path syntax; a test holds the
-/// OpenAPI document to it.
-pub fn all_routes() -> Vec<(&'static str, &'static str)> {
-    [sys::ROUTES, vault_mfa::ROUTES, agent::ROUTES].concat()
-}
-
-/// The OpenAPI 3 document, kept in the repository beside this file.
+/// The OpenAPI 3 document, kept in the repository beside this file. `tests/openapi.rs`
+/// holds it and the router to each other.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[cfg(test)]
@@ -269,13 +262,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn openapi_covers_every_route() {
+    fn openapi_is_an_openapi_3_document() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-        for (method, path) in all_routes() {
-            let op = &doc["paths"][path][method.to_ascii_lowercase()];
-            assert!(op.is_object(), "openapi.json lacks {method} {path}");
-        }
+        assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
     }
 
     #[derive(serde::Deserialize, Debug)]

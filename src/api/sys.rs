@@ -16,20 +16,6 @@ use super::{now, read_json, AppState, Ctx};
 use crate::auth::{self, Capability, Policy};
 use crate::store::TokenRecord;
 
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/sys/health"),
-    ("GET", "/v1/sys/openapi"),
-    ("POST", "/v1/auth/token/create"),
-    ("GET", "/v1/auth/token/lookup-self"),
-    ("POST", "/v1/auth/token/revoke"),
-    ("POST", "/v1/auth/token/revoke-self"),
-    ("GET", "/v1/sys/policies/acl"),
-    ("GET", "/v1/sys/policies/acl/{name}"),
-    ("PUT", "/v1/sys/policies/acl/{name}"),
-    ("POST", "/v1/sys/policies/acl/{name}"),
-    ("DELETE", "/v1/sys/policies/acl/{name}"),
-];
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/sys/health", get(health))

@@ -22,18 +22,6 @@ const BASE: &str = "/v1/identity/mfa/method/totp";
 /// The ACL path of the method collection.
 const ACL: &str = "identity/mfa/method/totp";
 
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/identity/mfa/method/totp"),
-    ("GET", "/v1/identity/mfa/method/totp"),
-    ("GET", "/v1/identity/mfa/method/totp/{method_id}"),
-    ("POST", "/v1/identity/mfa/method/totp/{method_id}"),
-    ("DELETE", "/v1/identity/mfa/method/totp/{method_id}"),
-    ("POST", "/v1/identity/mfa/method/totp/generate"),
-    ("POST", "/v1/identity/mfa/method/totp/admin-generate"),
-    ("POST", "/v1/identity/mfa/method/totp/admin-destroy"),
-    ("POST", "/v1/identity/mfa/method/totp/validate"),
-];
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(BASE, post(create).put(create).get(list))

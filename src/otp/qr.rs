@@ -6,6 +6,8 @@ use qrcode::{Color, EcLevel, QrCode};
 
 /// Modules of white border the QR specification asks for around the code.
 const QUIET: usize = 4;
+/// Pixels per module at the least: at one, decoders (and cameras) lose the grid.
+const MIN_SCALE: usize = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QrError {
@@ -17,11 +19,11 @@ pub enum QrError {
     Png(String),
 }
 
-/// The smallest size that shows `text` with one pixel per module.
+/// The smallest size that shows `text` with [`MIN_SCALE`] pixels per module.
 pub fn min_size(text: &str) -> Result<u32, QrError> {
     let code =
         QrCode::with_error_correction_level(text, EcLevel::M).map_err(|_| QrError::TooLong)?;
-    Ok((code.width() + 2 * QUIET) as u32)
+    Ok(((code.width() + 2 * QUIET) * MIN_SCALE) as u32)
 }
 
 /// A `size`×`size` PNG of `text`, base64 (standard alphabet, padded).
@@ -33,10 +35,10 @@ pub fn png_base64(text: &str, size: u32) -> Result<String, QrError> {
     let size_px = size as usize;
     // A whole number of pixels per module, centred: scanners dislike uneven modules.
     let scale = size_px / total;
-    if scale == 0 {
+    if scale < MIN_SCALE {
         return Err(QrError::TooSmall {
             size,
-            min: total as u32,
+            min: (total * MIN_SCALE) as u32,
         });
     }
     let offset = (size_px - total * scale) / 2 + QUIET * scale;

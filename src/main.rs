@@ -23,8 +23,9 @@ const EXIT_UNREACHABLE: u8 = 3; // no daemon answered on the socket
                   Start on development defaults:  totpd serve --dev"
 )]
 struct Cli {
-    /// The daemon's Unix socket. [default: ./totpd-data/totpd.sock if present, else
-    /// $RUNTIME_DIRECTORY/totpd.sock, else /run/totpd/totpd.sock]
+    /// The daemon's Unix socket. [default for clients: ./totpd-data/totpd.sock if present,
+    /// else $RUNTIME_DIRECTORY/totpd.sock, else /run/totpd/totpd.sock; for serve:
+    /// <data-dir>/totpd.sock with --dev, else the same system path]
     #[arg(long, global = true, env = "TOTPD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// A token to send (clients only). Over the socket none is needed: your uid is

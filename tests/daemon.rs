@@ -148,6 +148,11 @@ async fn policy_and_token_work_over_tcp_with_every_header_style() {
         assert_eq!(w.status, 403, "{}", w.text);
         assert_eq!(w.json, json!({"errors": ["permission denied"]}));
     }
+    // Health needs no token, even over TCP.
+    assert_eq!(
+        d.tcp_req("GET", "/v1/sys/health", &[], None).await.status,
+        200
+    );
     // Without a token TCP gets 403, even for what the default policy allows.
     let r = d
         .tcp_req("GET", "/v1/auth/token/lookup-self", &[], None)

@@ -60,13 +60,13 @@ CREATE TABLE mfa_methods (
     id                      TEXT PRIMARY KEY,   -- uuid
     name                    TEXT UNIQUE,        -- method_name, optional
     issuer                  TEXT NOT NULL,
-    period                  INTEGER NOT NULL,
-    key_size                INTEGER NOT NULL,
-    qr_size                 INTEGER NOT NULL,
-    algorithm               TEXT NOT NULL,
-    digits                  INTEGER NOT NULL,
-    skew                    INTEGER NOT NULL,
-    max_validation_attempts INTEGER NOT NULL,
+    period                  INTEGER NOT NULL CHECK (period > 0),
+    key_size                INTEGER NOT NULL CHECK (key_size > 0),
+    qr_size                 INTEGER NOT NULL CHECK (qr_size >= 0),
+    algorithm               TEXT NOT NULL CHECK (algorithm IN ('SHA1', 'SHA256', 'SHA512')),
+    digits                  INTEGER NOT NULL CHECK (digits IN (6, 8)),
+    skew                    INTEGER NOT NULL CHECK (skew IN (0, 1)),
+    max_validation_attempts INTEGER NOT NULL CHECK (max_validation_attempts > 0),
     created_at              INTEGER NOT NULL
 ) STRICT;
 
@@ -93,3 +93,10 @@ CREATE TABLE agent_secrets (
     created_at INTEGER NOT NULL            -- unix seconds
 ) STRICT;
 CREATE INDEX agent_secrets_entity ON agent_secrets(entity_id, created_at);
+
+-- migrate: 4
+
+-- Which token made which: revoking a token revokes every token made from it, as in
+-- Vault, so a child cannot outlive a revoked parent.
+ALTER TABLE tokens ADD COLUMN parent TEXT;  -- accessor of the creating token; NULL if made by a socket peer
+CREATE INDEX tokens_parent ON tokens(parent) WHERE parent IS NOT NULL;

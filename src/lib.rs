@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod otp;
 pub mod server;
 pub mod store;

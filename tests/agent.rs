@@ -353,6 +353,24 @@ async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
         assert!(r.json["expires_in"].as_u64().unwrap() >= 4, "{}", r.text);
         tokio::time::sleep(Duration::from_millis(1300)).await;
     }
+    let long = add(
+        &d,
+        json!({"secret": seed(20), "label": "day", "period": 86400}),
+        None,
+    )
+    .await;
+    let r = d
+        .req(
+            "GET",
+            &format!(
+                "/api/v2/totp/code/{}?min_validity=86399",
+                long["id"].as_str().unwrap()
+            ),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "a request may not wait for a day");
     for bad in ["5", "-1", "x"] {
         let r = d
             .req(

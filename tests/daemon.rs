@@ -558,8 +558,23 @@ async fn openapi_document_is_served() {
 #[tokio::test]
 async fn a_live_daemon_is_not_displaced_and_a_stale_socket_is_replaced() {
     let mut d = Daemon::start();
-    // A second daemon on the same socket refuses.
-    let out = d.command().output().unwrap();
+    let second = |data: &std::path::Path, sock: &std::path::Path| {
+        std::process::Command::new(common::BIN)
+            .args(["serve", "--dev", "--data-dir"])
+            .arg(data)
+            .arg("--socket")
+            .arg(sock)
+            .env_remove("TOTPD_SOCKET")
+            .output()
+            .unwrap()
+    };
+    // A second daemon on the same database refuses, whatever its socket.
+    let out = second(&d.data_dir, &d.dir.path().join("other.sock"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("in use by another totpd"), "{err}");
+    // A second daemon with its own database on the same socket refuses too.
+    let out = second(&d.dir.path().join("other-data"), &d.socket);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
     assert_eq!(d.req("GET", "/v1/sys/health", None, None).await.status, 200);
@@ -729,4 +744,219 @@ async fn logs_carry_one_line_per_request_and_no_token() {
     for part in ["method=GET", "status=200", "ms=", "entity="] {
         assert!(line.contains(part), "{part} missing in {line}");
     }
+}
+
+#[tokio::test]
+async fn revoking_a_token_revokes_every_token_made_from_it() {
+    let d = Daemon::start();
+    d.req(
+        "PUT",
+        "/v1/sys/policies/acl/maker",
+        Some(pol(
+            json!({"auth/token/create": {"capabilities": ["update"]}}),
+        )),
+        None,
+    )
+    .await;
+    let parent = make_token(&d, json!({"policies": ["maker"]})).await;
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({})),
+            Some(&parent),
+        )
+        .await;
+    let child = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({})),
+            Some(&child),
+        )
+        .await;
+    let grandchild = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let sibling = make_token(&d, json!({"policies": ["maker"]})).await;
+    for t in [&parent, &child, &grandchild, &sibling] {
+        assert_eq!(
+            d.req("GET", "/v1/auth/token/lookup-self", None, Some(t))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        d.req(
+            "POST",
+            "/v1/auth/token/revoke",
+            Some(json!({"token": parent})),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    for t in [&parent, &child, &grandchild] {
+        assert_eq!(
+            d.req("GET", "/v1/auth/token/lookup-self", None, Some(t))
+                .await
+                .status,
+            403
+        );
+    }
+    assert_eq!(
+        d.req("GET", "/v1/auth/token/lookup-self", None, Some(&sibling))
+            .await
+            .status,
+        200
+    );
+    // revoke-self ends a token and its children too.
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({})),
+            Some(&sibling),
+        )
+        .await;
+    let nephew = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.req("POST", "/v1/auth/token/revoke-self", None, Some(&sibling))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        d.req("GET", "/v1/auth/token/lookup-self", None, Some(&nephew))
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn token_policy_names_are_normalised_like_policy_names() {
+    let d = Daemon::start();
+    d.req(
+        "PUT",
+        "/v1/sys/policies/acl/App",
+        Some(pol(
+            json!({"sys/policies/acl/*": {"capabilities": ["read"]}}),
+        )),
+        None,
+    )
+    .await;
+    let tok = make_token(&d, json!({"policies": ["App"]})).await;
+    let r = d
+        .req("GET", "/v1/sys/policies/acl/app", None, Some(&tok))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = d
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["no spaces"]})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["errors"][0].as_str().unwrap().contains("policies"));
+}
+
+#[test]
+fn sigterm_right_after_start_is_a_clean_stop() {
+    for _ in 0..5 {
+        let mut d = Daemon::start();
+        assert_eq!(d.stop(), Some(0), "{}", d.stderr());
+        assert!(!d.socket.exists());
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_for_root_only() {
+    let d = Daemon::start();
+    d.req("GET", "/v1/sys/health", None, None).await;
+    d.req("GET", "/v1/no/such", None, None).await;
+    let r = d.req("GET", "/v1/sys/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let count = |class: &str| -> u64 {
+        r.text
+            .lines()
+            .find(|l| l.starts_with(&format!("totpd_requests_total{{class=\"{class}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    assert!(count("2xx") >= 1 && count("4xx") >= 1, "{}", r.text);
+    let tok = make_token(&d, json!({"policies": ["default"]})).await;
+    assert_eq!(
+        d.req("GET", "/v1/sys/metrics", None, Some(&tok))
+            .await
+            .status,
+        403
+    );
+}
+
+#[test]
+fn with_dev_defaults_another_uid_reaches_the_socket_inside_the_data_dir() {
+    if !can_switch_uid() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["serve", "--dev", "--socket-mode", "0666", "--data-dir"])
+        .arg(&data)
+        .env_remove("TOTPD_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = data.join("totpd.sock");
+    for _ in 0..400 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o711, "traversable, not listable");
+    let out = std::process::Command::new(common::BIN)
+        .args(["api", "GET", "/v1/auth/token/lookup-self", "--socket"])
+        .arg(&sock)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uid:65534"));
+    // The secrets stay private all the same.
+    for f in ["totpd.db", "totpd.key", "root-token"] {
+        let m = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, 0o600, "{f}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        common::wait_timeout(&mut child, Duration::from_secs(20)),
+        Some(0)
+    );
 }

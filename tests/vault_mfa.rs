@@ -177,6 +177,16 @@ async fn a_code_is_accepted_once_also_after_restart() {
     let c = code(&u, unix_now());
     assert_eq!(validate(&d, &id, "alice", &c).await, 200);
     assert_eq!(validate(&d, &id, "alice", &c).await, 403);
+    // The reason is told to the metrics (and the log), not to the caller.
+    let m = d.req("GET", "/v1/sys/metrics", None, None).await.text;
+    assert!(
+        m.contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"replay\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"accepted\"} 1"),
+        "{m}"
+    );
     assert_eq!(d.stop(), Some(0));
     d.spawn().unwrap();
     assert_eq!(

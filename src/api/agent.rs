@@ -36,6 +36,8 @@ const MIN_SECRET_BYTES: usize = 10;
 /// Longer than any real seed (SHA512's block is 128 bytes); keeps rows small.
 const MAX_SECRET_BYTES: usize = 128;
 const MAX_LABEL: usize = 256;
+/// The most `min_validity` may ask for, in seconds.
+const MAX_MIN_VALIDITY: u64 = 120;
 
 /// `{"status": "error", "error": "..."}` with a status code.
 #[derive(Debug)]
@@ -346,14 +348,16 @@ async fn code(
         .agent_secret(who.entity_id.clone(), id)
         .await?
         .ok_or_else(AgentError::not_found)?;
+    // A request may wait at most this long: enough for any code typed by a machine,
+    // short enough that a caller cannot park requests for a day.
+    let most = (params.period - 1).min(MAX_MIN_VALIDITY);
     let min_validity = match q.min_validity.as_deref() {
         None => 0,
         Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n < params.period => n,
+            Ok(n) if n <= most => n,
             _ => {
                 return Err(AgentError::bad(format!(
-                    "min_validity: must be a whole number of seconds from 0 to {}",
-                    params.period - 1
+                    "min_validity: must be a whole number of seconds from 0 to {most}"
                 )))
             }
         },

@@ -28,6 +28,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Per-request facts set by the server middleware before routing.

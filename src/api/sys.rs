@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/sys/health", get(health))
         .route("/v1/sys/openapi", get(openapi))
+        .route("/v1/sys/metrics", get(metrics))
         .route("/v1/auth/token/create", post(token_create))
         .route("/v1/auth/token/lookup-self", get(token_lookup_self))
         .route("/v1/auth/token/revoke", post(token_revoke))
@@ -45,6 +46,15 @@ async fn health() -> Response {
         "server_time_utc": now(),
     }))
     .into_response()
+}
+
+async fn metrics(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
+    caller(&ctx)?.require("sys/metrics", Capability::Read)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response())
 }
 
 async fn openapi() -> Response {
@@ -77,18 +87,19 @@ async fn token_create(
     let now = now();
 
     // A child token gets no policy its parent lacks (root may grant anything).
-    let mut policies: Vec<String> = if req.policies.is_empty() {
+    let policies: Vec<String> = if req.policies.is_empty() {
         who.policies.clone()
     } else {
         req.policies
     };
-    for p in &policies {
-        if p.is_empty() || p.contains(char::is_whitespace) {
-            return Err(VaultError::bad_request(format!(
-                "policies: invalid policy name {p:?}"
-            )));
-        }
-    }
+    let mut policies = policies
+        .iter()
+        .map(|p| {
+            policy_name(p).map_err(|_| {
+                VaultError::bad_request(format!("policies: {p:?} is not a valid policy name"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if !who.is_root() {
         if let Some(p) = policies
             .iter()
@@ -137,6 +148,7 @@ async fn token_create(
         policies: policies.clone(),
         created_at: now,
         expires_at,
+        parent: who.token.as_ref().map(|t| t.accessor.clone()),
     };
     st.store.create_token(rec).await?;
     Ok(vault::auth(

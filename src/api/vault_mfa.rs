@@ -437,9 +437,11 @@ async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, bo
         .await?
     {
         MfaCheck::Checked(otp::Outcome::Accepted { .. }) => {
+            st.metrics.verification("vault_mfa", "accepted");
             Ok(vault::ok(&ctx, json!({ "valid": true })))
         }
         MfaCheck::Checked(otp::Outcome::Refused(reason)) => {
+            st.metrics.verification("vault_mfa", reason.as_str());
             tracing::info!(method_id = %id, entity = %entity, reason = reason.as_str(), request_id = %ctx.request_id, "passcode refused");
             Err(VaultError::new(StatusCode::FORBIDDEN, "invalid passcode"))
         }

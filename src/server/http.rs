@@ -61,6 +61,9 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// Runs around every routed request: sets the request id (echoing the client's),
+/// works out the caller once for the handler, turns the routing layer's plain-text
+/// client errors into the surface's shape, and writes the request's log line.
 pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let rid = request_id(&req);
@@ -99,6 +102,7 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
         resp = api::error_for_path(&path, status, &text);
     }
 
+    st.app.metrics.request(resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -108,8 +112,9 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
         route = %route,
         status = resp.status().as_u16(),
         ms = format_args!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
-        entity = %entity,
-        request_id = %rid,
+        // Debug-quoted: client-chosen text cannot forge fields in the line.
+        entity = ?entity,
+        request_id = ?rid,
         "request"
     );
     resp

@@ -42,7 +42,9 @@ pub enum ServerError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: ServeConfig, inherited: Vec<listen::Inherited>) -> Result<(), ServerError> {
+    let mut signals = Signals::install()?;
     prepare_dirs(&cfg)?;
+    let _lock = lock_database(&cfg.db)?;
 
     let has_key = cfg
         .credentials_dir
@@ -75,7 +77,7 @@ pub async fn run(cfg: ServeConfig, inherited: Vec<listen::Inherited>) -> Result<
         })?;
     let store = opened.store;
 
-    let result = serve(&cfg, &store, opened.created, inherited).await;
+    let result = serve(&cfg, &store, opened.created, inherited, &mut signals).await;
     // Queued writes finish before the connection closes.
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
@@ -88,6 +90,7 @@ async fn serve(
     store: &Store,
     created: bool,
     inherited: Vec<listen::Inherited>,
+    signals: &mut Signals,
 ) -> Result<(), ServerError> {
     if cfg.dev && created {
         create_root_token(cfg, store).await?;
@@ -113,6 +116,7 @@ async fn serve(
 
     let app_state = AppState {
         store: store.clone(),
+        metrics: Default::default(),
     };
     let mw = http::MwState {
         app: app_state.clone(),
@@ -145,7 +149,7 @@ async fn serve(
     }
     systemd::notify("READY=1");
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -252,19 +256,50 @@ fn serve_conn<S>(
     });
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// SIGTERM and SIGINT, caught from the very start: a signal that arrives while the
+/// daemon is still starting must lead to a clean stop, not the default kill.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ServerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let err =
+            |e: std::io::Error| ServerError::Io(format!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
     }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
+}
+
+/// An exclusive lock on `<db>.lock` for the life of the process: one daemon per
+/// database, so the single writer really is single.
+fn lock_database(db: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    let path = PathBuf::from(format!("{}.lock", db.display()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ServerError::Io(format!("cannot open {}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        ServerError::Config(format!(
+            "database {} is in use by another totpd (lock {} is held)",
+            db.display(),
+            path.display()
+        ))
+    })
 }
 
 fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
@@ -280,6 +315,14 @@ fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
         if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
             mk(parent)?;
         }
+    }
+    // With the socket inside the data dir (--dev), other uids must be able to reach it
+    // by name: traverse but not list (0711). Every file in it is 0600 anyway.
+    if cfg.socket.parent() == Some(cfg.data_dir.as_path()) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            |e| ServerError::Io(format!("cannot chmod {}: {e}", cfg.data_dir.display())),
+        )?;
     }
     Ok(())
 }
@@ -297,6 +340,7 @@ async fn create_root_token(cfg: &ServeConfig, store: &Store) -> Result<(), Serve
             policies: vec![auth::ROOT.into()],
             created_at: api::now(),
             expires_at: None,
+            parent: None,
         })
         .await?;
     let path = cfg.data_dir.join("root-token");

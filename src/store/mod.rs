@@ -61,6 +61,8 @@ pub struct TokenRecord {
     pub policies: Vec<String>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+    /// Accessor of the token that created this one, if a token did.
+    pub parent: Option<String>,
 }
 
 /// Handle to the database. Cheap to clone.
@@ -73,6 +75,8 @@ struct Inner {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// Set by `close`: read connections still out are then dropped, not pooled again.
+    closed: std::sync::atomic::AtomicBool,
     sealer: Sealer,
 }
 
@@ -107,6 +111,7 @@ impl Store {
                     path: path.to_path_buf(),
                     writer,
                     readers: Mutex::new(Vec::new()),
+                    closed: std::sync::atomic::AtomicBool::new(false),
                     sealer,
                 }),
             },
@@ -118,6 +123,9 @@ impl Store {
     pub fn close(&self) {
         // Readers first: the last connection to close checkpoints and removes the WAL,
         // and only the writer can.
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut r) = self.inner.readers.lock() {
             r.clear();
         }
@@ -147,7 +155,7 @@ impl Store {
             };
             let out = f(&conn);
             if let Ok(mut r) = inner.readers.lock() {
-                if r.len() < READ_POOL {
+                if r.len() < READ_POOL && !inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
                     r.push(conn);
                 }
             }
@@ -167,17 +175,20 @@ impl Store {
                 "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
                 [t.created_at],
             )?;
+            let policies = serde_json::to_string(&t.policies)
+                .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
             c.execute(
-                "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     t.hash,
                     t.accessor,
                     t.entity_id,
                     t.display_name,
-                    serde_json::to_string(&t.policies).unwrap_or_else(|_| "[]".into()),
+                    policies,
                     t.created_at,
-                    t.expires_at
+                    t.expires_at,
+                    t.parent
                 ],
             )?;
             Ok(())
@@ -194,7 +205,7 @@ impl Store {
         self.read(move |c| {
             let row = c
                 .query_row(
-                    "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at
+                    "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent
                      FROM tokens WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
                     params![hash, now],
                     |r| {
@@ -206,11 +217,12 @@ impl Store {
                             r.get::<_, String>(4)?,
                             r.get::<_, i64>(5)?,
                             r.get::<_, Option<i64>>(6)?,
+                            r.get::<_, Option<String>>(7)?,
                         ))
                     },
                 )
                 .optional()?;
-            row.map(|(hash, accessor, entity_id, display_name, pol, created_at, expires_at)| {
+            row.map(|(hash, accessor, entity_id, display_name, pol, created_at, expires_at, parent)| {
                 let policies = serde_json::from_str(&pol)
                     .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
                 Ok(TokenRecord {
@@ -221,6 +233,7 @@ impl Store {
                     policies,
                     created_at,
                     expires_at,
+                    parent,
                 })
             })
             .transpose()
@@ -228,10 +241,20 @@ impl Store {
         .await
     }
 
-    /// Deletes the token with this hash; false if there was none.
-    pub async fn revoke_token(&self, hash: String) -> Result<bool, StoreError> {
-        self.write(move |c| Ok(c.execute("DELETE FROM tokens WHERE hash = ?1", [hash])? > 0))
-            .await
+    /// Deletes the token with this hash and every token made from it, at any depth.
+    /// Returns how many were deleted.
+    pub async fn revoke_token(&self, hash: String) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "WITH RECURSIVE tree(accessor) AS (
+                     SELECT accessor FROM tokens WHERE hash = ?1
+                     UNION SELECT t.accessor FROM tokens t JOIN tree ON t.parent = tree.accessor
+                 )
+                 DELETE FROM tokens WHERE accessor IN tree",
+                [hash],
+            )?)
+        })
+        .await
     }
 
     // ----- policies -----
@@ -488,6 +511,7 @@ mod tests {
             policies: vec!["default".into()],
             created_at: 1,
             expires_at: None,
+            parent: None,
         };
         s.create_token(rec("h1")).await.unwrap();
         assert!(s.create_token(rec("h2")).await.is_err());
@@ -518,6 +542,7 @@ mod tests {
             policies: vec![],
             created_at,
             expires_at,
+            parent: None,
         };
         s.create_token(rec("old", 100, Some(110))).await.unwrap();
         assert!(s.lookup_token("old".into(), 105).await.unwrap().is_some());

@@ -1,0 +1,84 @@
+//! Counters for `GET /v1/sys/metrics`, in Prometheus' text format. Refusal reasons of
+//! code verifications are counted here (and logged), never told to the caller.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// The daemon's counters. One per process, shared through the app state.
+#[derive(Default)]
+pub struct Metrics {
+    /// Answers by status class: index 0 is 1xx ... 4 is 5xx.
+    requests: [AtomicU64; 5],
+    /// Verifications by (surface, outcome).
+    verifications: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn request(&self, status: u16) {
+        if let Some(c) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.requests.get(i as usize))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one code verification: `outcome` is `accepted` or a refusal reason.
+    pub fn verification(&self, surface: &'static str, outcome: &'static str) {
+        if let Ok(mut m) = self.verifications.lock() {
+            *m.entry((surface, outcome)).or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP totpd_requests_total HTTP requests answered, by status class.\n");
+        out.push_str("# TYPE totpd_requests_total counter\n");
+        for (i, c) in self.requests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "totpd_requests_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP totpd_verifications_total Code verifications, by surface and outcome.\n",
+        );
+        out.push_str("# TYPE totpd_verifications_total counter\n");
+        if let Ok(m) = self.verifications.lock() {
+            for ((surface, outcome), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "totpd_verifications_total{{surface=\"{surface}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let m = Metrics::default();
+        m.request(200);
+        m.request(204);
+        m.request(403);
+        m.request(999);
+        m.verification("vault_mfa", "replay");
+        m.verification("vault_mfa", "replay");
+        let text = m.render();
+        assert!(text.contains("totpd_requests_total{class=\"2xx\"} 2\n"));
+        assert!(text.contains("totpd_requests_total{class=\"4xx\"} 1\n"));
+        assert!(text
+            .contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"replay\"} 2\n"));
+    }
+}

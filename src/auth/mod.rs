@@ -85,6 +85,7 @@ impl Caller {
         }
     }
 
+    /// Whether the caller holds the built-in `root` policy (everything, sudo included).
     pub fn is_root(&self) -> bool {
         self.acl.is_root()
     }

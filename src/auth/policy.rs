@@ -130,10 +130,13 @@ impl Acl {
         }
     }
 
+    /// Whether this is the `root` ACL.
     pub fn is_root(&self) -> bool {
         self.root
     }
 
+    /// Adds a policy's rules: capabilities for the same path are combined, so a `deny`
+    /// from any policy wins on that path.
     pub fn merge(&mut self, p: &Policy) {
         for (path, is_prefix, caps) in &p.rules {
             let map = if *is_prefix {

@@ -20,6 +20,7 @@ pub enum Listener {
 }
 
 impl Listener {
+    /// `unix:<path>` or `tcp:<addr>`, for the log.
     pub fn describe(&self) -> String {
         match self {
             Listener::Unix { listener, .. } => format!(

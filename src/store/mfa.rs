@@ -129,6 +129,7 @@ fn secret_id(
 }
 
 impl Store {
+    /// Stores a new method; `NameTaken` if another method has its `name`.
     pub async fn create_method(&self, m: MethodRecord) -> Result<MethodWrite, StoreError> {
         self.write(move |c| {
             if name_taken(c, &m.name, &m.id)? {
@@ -163,10 +164,12 @@ impl Store {
         .await
     }
 
+    /// The method with this id, if any.
     pub async fn get_method(&self, id: String) -> Result<Option<MethodRecord>, StoreError> {
         self.read(move |c| get_method(c, &id)).await
     }
 
+    /// Every method, ordered by id (as Vault lists keys).
     pub async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -180,6 +183,7 @@ impl Store {
         .await
     }
 
+    /// Deletes a method unless an entity still holds a secret for it (`InUse`).
     pub async fn delete_method(&self, id: String) -> Result<MethodDelete, StoreError> {
         self.write(move |c| {
             if get_method(c, &id)?.is_none() {

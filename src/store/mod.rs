@@ -277,6 +277,7 @@ impl Store {
         .await
     }
 
+    /// The stored document of policy `name` (built-in policies are not stored).
     pub async fn get_policy(&self, name: String) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
@@ -307,11 +308,13 @@ impl Store {
         .await
     }
 
+    /// Deletes a stored policy; false if there was none.
     pub async fn delete_policy(&self, name: String) -> Result<bool, StoreError> {
         self.write(move |c| Ok(c.execute("DELETE FROM policies WHERE name = ?1", [name])? > 0))
             .await
     }
 
+    /// Names of the stored policies, sorted.
     pub async fn list_policies(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT name FROM policies ORDER BY name")?;

@@ -14,6 +14,19 @@ fn pol(paths: Value) -> Value {
     json!({ "policy": { "path": paths } })
 }
 
+/// Writes a policy as root over the socket.
+async fn put_policy(d: &Daemon, name: &str, paths: Value) {
+    let r = d
+        .req(
+            "PUT",
+            &format!("/v1/sys/policies/acl/{name}"),
+            Some(pol(paths)),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+}
+
 async fn make_token(d: &Daemon, body: Value) -> String {
     let r = d
         .req("POST", "/v1/auth/token/create", Some(body), None)
@@ -228,22 +241,13 @@ async fn policy_and_token_work_over_tcp_with_every_header_style() {
 #[tokio::test]
 async fn child_tokens_get_no_more_than_their_parent() {
     let d = Daemon::start();
-    d.req(
-        "PUT",
-        "/v1/sys/policies/acl/maker",
-        Some(pol(
-            json!({"auth/token/create": {"capabilities": ["update"]}}),
-        )),
-        None,
+    put_policy(
+        &d,
+        "maker",
+        json!({"auth/token/create": {"capabilities": ["update"]}}),
     )
     .await;
-    d.req(
-        "PUT",
-        "/v1/sys/policies/acl/other",
-        Some(pol(json!({"sys/*": {"capabilities": ["read"]}}))),
-        None,
-    )
-    .await;
+    put_policy(&d, "other", json!({"sys/*": {"capabilities": ["read"]}})).await;
     let maker = make_token(&d, json!({"policies": ["maker"]})).await;
     let r = d
         .req(
@@ -338,13 +342,7 @@ fn another_uid_is_its_own_entity_with_the_default_policy() {
 async fn restart_keeps_everything_and_wrong_key_refuses_to_start() {
     let mut d = Daemon::start();
     let tok = make_token(&d, json!({"policies": ["default"]})).await;
-    d.req(
-        "PUT",
-        "/v1/sys/policies/acl/keep",
-        Some(pol(json!({"a/*": {"capabilities": ["read"]}}))),
-        None,
-    )
-    .await;
+    put_policy(&d, "keep", json!({"a/*": {"capabilities": ["read"]}})).await;
     assert_eq!(d.stop(), Some(0));
 
     d.spawn().unwrap();
@@ -749,13 +747,10 @@ async fn logs_carry_one_line_per_request_and_no_token() {
 #[tokio::test]
 async fn revoking_a_token_revokes_every_token_made_from_it() {
     let d = Daemon::start();
-    d.req(
-        "PUT",
-        "/v1/sys/policies/acl/maker",
-        Some(pol(
-            json!({"auth/token/create": {"capabilities": ["update"]}}),
-        )),
-        None,
+    put_policy(
+        &d,
+        "maker",
+        json!({"auth/token/create": {"capabilities": ["update"]}}),
     )
     .await;
     let parent = make_token(&d, json!({"policies": ["maker"]})).await;
@@ -838,13 +833,10 @@ async fn revoking_a_token_revokes_every_token_made_from_it() {
 #[tokio::test]
 async fn token_policy_names_are_normalised_like_policy_names() {
     let d = Daemon::start();
-    d.req(
-        "PUT",
-        "/v1/sys/policies/acl/App",
-        Some(pol(
-            json!({"sys/policies/acl/*": {"capabilities": ["read"]}}),
-        )),
-        None,
+    put_policy(
+        &d,
+        "App",
+        json!({"sys/policies/acl/*": {"capabilities": ["read"]}}),
     )
     .await;
     let tok = make_token(&d, json!({"policies": ["App"]})).await;

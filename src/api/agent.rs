@@ -85,14 +85,6 @@ fn caller(ctx: &Ctx) -> Result<&Caller, AgentError> {
     ctx.caller().map_err(AgentError::from)
 }
 
-fn require(who: &Caller, path: &str, caps: &[Capability]) -> Result<(), AgentError> {
-    if caps.iter().any(|c| who.allowed(path, *c)) {
-        Ok(())
-    } else {
-        Err(AgentError::new(StatusCode::FORBIDDEN, "permission denied"))
-    }
-}
-
 #[derive(Deserialize)]
 struct CreateReq {
     secret: Option<String>,
@@ -263,8 +255,7 @@ fn info_json(i: &AgentSecretInfo) -> Value {
 
 async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
     let who = caller(&ctx)?;
-    require(
-        who,
+    who.require_any(
         "api/v2/totp/secrets",
         &[Capability::Create, Capability::Update],
     )?;
@@ -291,11 +282,7 @@ async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body
 
 async fn list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
     let who = caller(&ctx)?;
-    require(
-        who,
-        "api/v2/totp/secrets",
-        &[Capability::List, Capability::Read],
-    )?;
+    who.require_any("api/v2/totp/secrets", &[Capability::List, Capability::Read])?;
     let items = st.store.agent_list(who.entity_id.clone()).await?;
     let list: Vec<Value> = items.iter().map(info_json).collect();
     Ok(Json(json!({"status": "success", "totp_secrets": list})).into_response())
@@ -315,11 +302,7 @@ async fn remove(
 ) -> Res {
     let who = caller(&ctx)?;
     let id = secret_id(&raw)?;
-    require(
-        who,
-        &format!("api/v2/totp/secrets/{id}"),
-        &[Capability::Delete],
-    )?;
+    who.require_any(&format!("api/v2/totp/secrets/{id}"), &[Capability::Delete])?;
     if st.store.agent_delete(who.entity_id.clone(), id).await? {
         Ok(Json(json!({"status": "success"})).into_response())
     } else {
@@ -342,7 +325,7 @@ async fn code(
 ) -> Res {
     let who = caller(&ctx)?;
     let id = secret_id(&raw)?;
-    require(who, &format!("api/v2/totp/code/{id}"), &[Capability::Read])?;
+    who.require_any(&format!("api/v2/totp/code/{id}"), &[Capability::Read])?;
     let (secret, params) = st
         .store
         .agent_secret(who.entity_id.clone(), id)

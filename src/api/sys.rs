@@ -81,8 +81,7 @@ async fn token_create(
     body: Body,
 ) -> Res {
     let who = caller(&ctx)?;
-    who.require("auth/token/create", Capability::Update)
-        .or_else(|_| who.require("auth/token/create", Capability::Create))?;
+    who.require_any("auth/token/create", auth::WRITE)?;
     let req: TokenCreate = read_json(body).await?;
     let now = now();
 
@@ -301,9 +300,7 @@ async fn policy_write(
     let name = policy_name(&raw)?;
     let who = caller(&ctx)?;
     let path = format!("sys/policies/acl/{name}");
-    if !who.allowed(&path, Capability::Update) && !who.allowed(&path, Capability::Create) {
-        return Err(VaultError::denied());
-    }
+    who.require_any(&path, auth::WRITE)?;
     let req: PolicyWrite = read_json(body).await?;
     if name == auth::ROOT || name == auth::DEFAULT {
         return Err(VaultError::bad_request(format!(

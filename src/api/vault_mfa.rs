@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::fields::{flex_int, flex_seconds};
 use super::vault::{self, caller, ListQuery, VaultError};
 use super::{now, read_json, AppState, Ctx};
-use crate::auth::{Caller, Capability};
+use crate::auth::{self, Capability};
 use crate::otp::{self, qr, uri, Algorithm};
 use crate::store::{Enroll, MethodDelete, MethodRecord, MethodWrite, MfaCheck};
 
@@ -222,16 +222,8 @@ fn name_taken(m: &MethodRecord) -> VaultError {
     ))
 }
 
-fn require_write(who: &Caller, path: &str) -> Result<(), VaultError> {
-    if who.allowed(path, Capability::Update) || who.allowed(path, Capability::Create) {
-        Ok(())
-    } else {
-        Err(VaultError::denied())
-    }
-}
-
 async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
-    require_write(caller(&ctx)?, ACL)?;
+    caller(&ctx)?.require_any(ACL, auth::WRITE)?;
     let req: MethodReq = read_json(body).await?;
     let rec = req.into_record(uuid::Uuid::new_v4().to_string(), now())?;
     match st.store.create_method(rec.clone()).await? {
@@ -250,7 +242,7 @@ async fn update(
     body: Body,
 ) -> Res {
     let id = method_id("method_id", &raw)?;
-    require_write(caller(&ctx)?, &format!("{ACL}/{id}"))?;
+    caller(&ctx)?.require_any(&format!("{ACL}/{id}"), auth::WRITE)?;
     let req: MethodReq = read_json(body).await?;
     let rec = req.into_record(id.clone(), now())?;
     match st.store.update_method(rec.clone()).await? {
@@ -363,7 +355,7 @@ async fn generate_for(st: &AppState, ctx: &Ctx, method_id: String, entity: Strin
 
 async fn generate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
     let who = caller(&ctx)?;
-    require_write(who, &format!("{ACL}/generate"))?;
+    who.require_any(&format!("{ACL}/generate"), auth::WRITE)?;
     let req: MethodEntity = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
     generate_for(&st, &ctx, id, who.entity_id.clone()).await
@@ -372,7 +364,7 @@ async fn generate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, bo
 /// Checks sudo on an admin path and returns (method_id, entity_id) from the body.
 async fn admin_target(ctx: &Ctx, path: &str, body: Body) -> Result<(String, String), VaultError> {
     let who = caller(ctx)?;
-    require_write(who, path)?;
+    who.require_any(path, auth::WRITE)?;
     who.require(path, Capability::Sudo)?;
     let req: MethodEntity = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
@@ -415,7 +407,7 @@ struct ValidateReq {
 async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
     let who = caller(&ctx)?;
     let path = format!("{ACL}/validate");
-    require_write(who, &path)?;
+    who.require_any(&path, auth::WRITE)?;
     let req: ValidateReq = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
     let passcode = req

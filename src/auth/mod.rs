@@ -30,6 +30,9 @@ pub const DEFAULT_POLICY: &str = r#"{
   }
 }"#;
 
+/// A write in Vault's sense: `create` or `update` will do.
+pub const WRITE: &[Capability] = &[Capability::Create, Capability::Update];
+
 /// How a connection reached the daemon; set by the listener, per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -88,6 +91,15 @@ impl Caller {
     /// Whether the caller holds the built-in `root` policy (everything, sudo included).
     pub fn is_root(&self) -> bool {
         self.acl.is_root()
+    }
+
+    /// `allowed` for any one of `caps` (Vault writes accept `create` or `update`).
+    pub fn require_any(&self, path: &str, caps: &[Capability]) -> Result<(), AuthError> {
+        if caps.iter().any(|c| self.allowed(path, *c)) {
+            Ok(())
+        } else {
+            Err(AuthError::Denied)
+        }
     }
 }
 

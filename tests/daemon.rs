@@ -406,10 +406,7 @@ async fn bad_requests_get_vault_errors_and_change_nothing() {
         )
         .await;
     assert_eq!(malformed.status, 400);
-    assert!(malformed.json["errors"][0]
-        .as_str()
-        .unwrap()
-        .contains("malformed JSON"));
+    assert!(malformed.vault_error().contains("malformed JSON"));
 
     let wrong_type = d
         .req(
@@ -420,10 +417,7 @@ async fn bad_requests_get_vault_errors_and_change_nothing() {
         )
         .await;
     assert_eq!(wrong_type.status, 400);
-    assert!(wrong_type.json["errors"][0]
-        .as_str()
-        .unwrap()
-        .contains("policy"));
+    assert!(wrong_type.vault_error().contains("policy"));
     let wrong_type = d
         .req(
             "POST",
@@ -434,10 +428,7 @@ async fn bad_requests_get_vault_errors_and_change_nothing() {
         .await;
     assert_eq!(wrong_type.status, 400);
     assert!(
-        wrong_type.json["errors"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("policies"),
+        wrong_type.vault_error().starts_with("policies"),
         "{}",
         wrong_type.text
     );
@@ -853,7 +844,7 @@ async fn token_policy_names_are_normalised_like_policy_names() {
         )
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0].as_str().unwrap().contains("policies"));
+    assert!(r.vault_error().contains("policies"));
 }
 
 #[test]

@@ -331,10 +331,7 @@ async fn method_crud_list_and_vault_defaults() {
         )
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0]
-        .as_str()
-        .unwrap()
-        .contains("method_name"));
+    assert!(r.vault_error().contains("method_name"));
     // Update replaces the configuration; the name stays.
     let r = d
         .req(
@@ -374,7 +371,7 @@ async fn method_crud_list_and_vault_defaults() {
     admin_generate(&d, &id, "frank").await;
     let r = d.req("DELETE", &format!("{BASE}/{id}"), None, None).await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0].as_str().unwrap().contains("in use"));
+    assert!(r.vault_error().contains("in use"));
     let r = d
         .req(
             "POST",
@@ -435,7 +432,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
         for (method, path) in [("POST", BASE.to_string()), ("POST", format!("{BASE}/{id}"))] {
             let r = d.req(method, &path, Some(body.clone()), None).await;
             assert_eq!(r.status, 400, "{body} → {}", r.text);
-            let msg = r.json["errors"][0].as_str().unwrap_or_default();
+            let msg = r.vault_error();
             assert!(msg.contains(field), "{body}: {msg:?} does not name {field}");
         }
     }
@@ -450,11 +447,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
             )
             .await;
         assert_eq!(r.status, 400, "{body}");
-        assert!(
-            r.json["errors"][0].as_str().unwrap().contains("method_id"),
-            "{}",
-            r.text
-        );
+        assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
     let r = d
         .req(
@@ -465,7 +458,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
         )
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0].as_str().unwrap().contains("entity_id"));
+    assert!(r.vault_error().contains("entity_id"));
     let r = d
         .req(
             "POST",
@@ -475,7 +468,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
         )
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0].as_str().unwrap().contains("passcode"));
+    assert!(r.vault_error().contains("passcode"));
 
     let after = d.req("LIST", BASE, None, None).await.json["data"].clone();
     assert_eq!(before, after, "bad input changed something");
@@ -641,11 +634,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
     ] {
         let r = d.req(method, &path, body, None).await;
         assert_eq!(r.status, 404, "{method} {path}: {}", r.text);
-        assert!(
-            r.json["errors"][0].as_str().unwrap().contains("method_id"),
-            "{}",
-            r.text
-        );
+        assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
     for (method, path, body) in [
         ("GET", format!("{BASE}/1234"), None),
@@ -657,11 +646,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
     ] {
         let r = d.req(method, &path, body, None).await;
         assert_eq!(r.status, 400, "{method} {path}: {}", r.text);
-        assert!(
-            r.json["errors"][0].as_str().unwrap().contains("method_id"),
-            "{}",
-            r.text
-        );
+        assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
     // Entity ids are checked too.
     for e in ["", "has space", &"x".repeat(129)] {
@@ -674,7 +659,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
             )
             .await;
         assert_eq!(r.status, 400, "{e:?}");
-        assert!(r.json["errors"][0].as_str().unwrap().contains("entity_id"));
+        assert!(r.vault_error().contains("entity_id"));
     }
     // Odd requests keep Vault's error shape: a repeated query key, a non-UTF-8 path,
     // LIST on a single method, an array for a body.
@@ -696,7 +681,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
         .raw_unix("POST", BASE, &[], Some(br#"[null, "issuer"]"#.to_vec()))
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["errors"][0].as_str().unwrap().contains("object"));
+    assert!(r.vault_error().contains("object"));
     // A trailing slash is the same path, as in Vault.
     let r = d.req("LIST", &format!("{BASE}/"), None, None).await;
     assert_eq!(r.json["data"]["keys"], json!([id]));
@@ -730,11 +715,7 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
     ] {
         let r = d.req("POST", BASE, Some(body.clone()), None).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
-        assert!(
-            r.json["errors"][0].as_str().unwrap().contains(field),
-            "{}",
-            r.text
-        );
+        assert!(r.vault_error().contains(field), "{}", r.text);
     }
     // The smallest accepted qr_size fits every entity id generate can be given.
     let r = d
@@ -745,7 +726,7 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
             None,
         )
         .await;
-    let msg = r.json["errors"][0].as_str().unwrap().to_string();
+    let msg = r.vault_error().to_string();
     let min: u32 = msg
         .split("at least ")
         .nth(1)

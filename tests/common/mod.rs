@@ -34,6 +34,13 @@ pub struct Resp {
     pub json: Value,
 }
 
+impl Resp {
+    /// The first message of a Vault-shaped error (`{"errors": [...]}`), or "".
+    pub fn vault_error(&self) -> &str {
+        self.json["errors"][0].as_str().unwrap_or_default()
+    }
+}
+
 impl Daemon {
     /// `serve --dev` on a fresh temporary data dir, socket mode 0666 so tests running
     /// as another uid can connect.

@@ -38,6 +38,14 @@ pub struct ServeArgs {
     /// [default: 10]
     #[arg(long, env = "TOTPD_HEADER_TIMEOUT", value_name = "SECS")]
     pub header_timeout: Option<u64>,
+    /// Read-only database connections, each with its own thread.
+    /// [default: two per core, at most 16]
+    #[arg(long, env = "TOTPD_READERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub readers: Option<u16>,
+    /// Reads that may wait for a free connection; past that a request gets 503 with
+    /// Retry-After. [default: 1024]
+    #[arg(long, env = "TOTPD_READ_QUEUE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub read_queue: Option<u32>,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
@@ -64,6 +72,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     key_file: Option<PathBuf>,
     header_timeout: Option<u64>,
+    readers: Option<u16>,
+    read_queue: Option<u32>,
     dev: Option<bool>,
 }
 
@@ -80,6 +90,9 @@ pub struct ServeConfig {
     pub key_file: PathBuf,
     pub credentials_dir: Option<PathBuf>,
     pub header_timeout: std::time::Duration,
+    /// Read connections and read queue length; None for the store's defaults.
+    pub readers: Option<usize>,
+    pub read_queue: Option<usize>,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -164,6 +177,11 @@ impl ServeArgs {
                     .unwrap_or(10)
                     .max(1),
             ),
+            readers: self.readers.or(file.readers).map(usize::from),
+            read_queue: self
+                .read_queue
+                .or(file.read_queue)
+                .map(|n| n.clamp(1, 1_000_000) as usize),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use totpd::client::{Client, ClientError};
 use totpd::config::{self, ServeArgs};
+use totpd::server::ServerError;
 
 /// Exit codes scripts can rely on.
 const EXIT_ERROR: u8 = 1; // the daemon answered with an error, or could not start
@@ -161,16 +162,54 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(&e.to_string()),
     };
+    // Worker threads one per core (tokio's default); blocking threads are few because
+    // only rare, bounded work goes there (opening and closing the store, QR images):
+    // nothing a client does grows the thread count.
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(totpd::server::run(cfg, inherited)) {
+    let run = async {
+        // Caught from the very start: a signal while the daemon is still starting must
+        // lead to a clean stop, not the default kill.
+        let signals = Signals::install()?;
+        totpd::server::daemon(cfg, inherited, signals.wait()).await
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Threads of tokio's blocking pool at most.
+const MAX_BLOCKING_THREADS: usize = 2;
+
+/// SIGTERM and SIGINT: either one stops the daemon cleanly.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ServerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let err =
+            |e: std::io::Error| ServerError::Io(format!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 
@@ -180,13 +219,13 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 /// A client command's outcome: what to print, and how to exit.
-enum Outcome {
+enum Printed {
     Ok(String),
     /// The daemon said no: the message for stderr.
     Refused(String),
 }
 
-fn run_client(fut: impl std::future::Future<Output = Result<Outcome, ClientError>>) -> ExitCode {
+fn run_client(fut: impl std::future::Future<Output = Result<Printed, ClientError>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -195,13 +234,13 @@ fn run_client(fut: impl std::future::Future<Output = Result<Outcome, ClientError
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match rt.block_on(fut) {
-        Ok(Outcome::Ok(out)) => {
+        Ok(Printed::Ok(out)) => {
             if !out.is_empty() {
                 println!("{out}");
             }
             ExitCode::SUCCESS
         }
-        Ok(Outcome::Refused(msg)) => {
+        Ok(Printed::Refused(msg)) => {
             eprintln!("totpd: {msg}");
             ExitCode::from(EXIT_ERROR)
         }
@@ -219,7 +258,7 @@ async fn api(
     path: String,
     data: Option<String>,
     include: bool,
-) -> Result<Outcome, ClientError> {
+) -> Result<Printed, ClientError> {
     let body = match data.as_deref() {
         None => None,
         Some("-") => Some(read_stdin()?.into_bytes()),
@@ -245,11 +284,11 @@ async fn api(
         text
     };
     if reply.is_success() {
-        Ok(Outcome::Ok(out))
+        Ok(Printed::Ok(out))
     } else {
         // The body still goes to stdout for scripts; the one-line reason to stderr.
         println!("{out}");
-        Ok(Outcome::Refused(format!(
+        Ok(Printed::Refused(format!(
             "the daemon answered HTTP {}",
             reply.status
         )))
@@ -273,29 +312,29 @@ fn or_stdin(v: Option<String>) -> Result<Option<String>, ClientError> {
 }
 
 /// The daemon's error message from an agent-surface answer, for one line on stderr.
-fn refusal(reply: &totpd::client::Reply) -> Outcome {
+fn refusal(reply: &totpd::client::Reply) -> Printed {
     let msg = reply
         .json()
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("the daemon answered HTTP {}", reply.status));
-    Outcome::Refused(msg)
+    Printed::Refused(msg)
 }
 
 /// A successful answer as the whole JSON (`--json`) or just the string at `field`;
 /// a refusal as its one-line reason.
-fn answer(reply: &totpd::client::Reply, json: bool, field: &[&str]) -> Outcome {
+fn answer(reply: &totpd::client::Reply, json: bool, field: &[&str]) -> Printed {
     if !reply.is_success() {
         return refusal(reply);
     }
     let v = reply.json().unwrap_or_default();
     if json {
-        return Outcome::Ok(v.to_string());
+        return Printed::Ok(v.to_string());
     }
     let picked = field.iter().fold(&v, |v, k| &v[*k]);
-    Outcome::Ok(picked.as_str().unwrap_or_default().to_string())
+    Printed::Ok(picked.as_str().unwrap_or_default().to_string())
 }
 
-async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> {
+async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> {
     match cmd {
         SecretCmd::Add {
             uri,
@@ -341,7 +380,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> 
             }
             let v = reply.json().unwrap_or_default();
             if json {
-                return Ok(Outcome::Ok(v["totp_secrets"].to_string()));
+                return Ok(Printed::Ok(v["totp_secrets"].to_string()));
             }
             let mut out = format!(
                 "{:<36}  {:<24}  {:<16}  {:<9} {:>6} {:>6}  {}",
@@ -359,7 +398,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> 
                     s["created_at"].as_str().unwrap_or_default(),
                 ));
             }
-            Ok(Outcome::Ok(out))
+            Ok(Printed::Ok(out))
         }
         SecretCmd::Rm { id } => {
             let reply = client
@@ -372,7 +411,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Outcome, ClientError> 
             if !reply.is_success() {
                 return Ok(refusal(&reply));
             }
-            Ok(Outcome::Ok(String::new()))
+            Ok(Printed::Ok(String::new()))
         }
     }
 }
@@ -382,7 +421,7 @@ async fn code(
     id: String,
     min_validity: Option<u64>,
     json: bool,
-) -> Result<Outcome, ClientError> {
+) -> Result<Printed, ClientError> {
     let mut path = format!("/api/v2/totp/code/{}", path_segment(&id));
     if let Some(n) = min_validity {
         path.push_str(&format!("?min_validity={n}"));

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 pub struct Metrics {
     /// Answers by status class: index 0 is 1xx ... 4 is 5xx.
     requests: [AtomicU64; 5],
+    /// QR images rendered.
+    qr_renders: AtomicU64,
     /// Verifications by (surface, outcome).
     verifications: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
@@ -24,6 +26,11 @@ impl Metrics {
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one QR image rendered.
+    pub fn qr_render(&self) {
+        self.qr_renders.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one code verification: `outcome` is `accepted` or a refusal reason.
@@ -46,6 +53,13 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# HELP totpd_qr_renders_total QR images rendered.\n");
+        out.push_str("# TYPE totpd_qr_renders_total counter\n");
+        let _ = writeln!(
+            out,
+            "totpd_qr_renders_total {}",
+            self.qr_renders.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP totpd_verifications_total Code verifications, by surface and outcome.\n",
         );

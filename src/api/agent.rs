@@ -1,29 +1,37 @@
-//! Surface 3: an authenticator app for agents, under `/api/v2/totp`. An agent stores a
+//! An authenticator app for agents, under `/api/v2/totp`. An agent stores a
 //! seed once and later asks for the current code; the seed is returned only by create.
 //! Each secret belongs to the caller's entity: another entity's id answers 404, never
 //! 403, so ids do not leak.
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fields::flex_int;
-use super::{now, read_json, surface_error, AppState, Ctx, SurfaceError};
-use crate::auth::{Caller, Capability};
-use crate::otp::{self, uri, Algorithm, Params};
+use super::{extract, now, surface_error, AppState, Surface, SurfaceError};
+use crate::auth::Capability;
+use crate::otp::{self, uri, Params};
 use crate::store::AgentSecretInfo;
 
-/// Every path of this surface starts here.
-pub const PREFIX: &str = "/api/v2/totp";
+/// The authenticator app for agents, with its own error shape.
+pub const SURFACE: Surface = Surface {
+    prefixes: &["/api/v2/totp"],
+    routes,
+    error: |status, msg| AgentError::new(status, msg).into_response(),
+};
 
-pub fn routes() -> Router<AppState> {
+/// The caller, rejected in this surface's shape.
+type Caller = extract::Caller<AgentError>;
+/// A JSON body, rejected in this surface's shape.
+type Json<T> = extract::Json<T, AgentError>;
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v2/totp/secrets", get(list).post(create))
         .route("/api/v2/totp/secrets/{id}", delete(remove))
@@ -65,7 +73,7 @@ impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"status": "error", "error": self.message})),
+            axum::Json(json!({"status": "error", "error": self.message})),
         )
             .into_response()
     }
@@ -80,10 +88,6 @@ impl SurfaceError for AgentError {
 surface_error!(AgentError);
 
 type Res = Result<Response, AgentError>;
-
-fn caller(ctx: &Ctx) -> Result<&Caller, AgentError> {
-    ctx.caller().map_err(AgentError::from)
-}
 
 #[derive(Deserialize)]
 struct CreateReq {
@@ -131,31 +135,7 @@ fn agree_secret(given: Option<Vec<u8>>, from_uri: Vec<u8>) -> Result<Vec<u8>, Ag
 
 impl CreateReq {
     fn resolve(self) -> Result<NewSecret, AgentError> {
-        let algorithm = self
-            .algorithm
-            .as_deref()
-            .map(|a| {
-                Algorithm::parse(a).ok_or_else(|| {
-                    AgentError::bad(format!(
-                        "algorithm: {a:?} is not one of SHA1, SHA256, SHA512"
-                    ))
-                })
-            })
-            .transpose()?;
-        let digits = match self.digits {
-            None => None,
-            Some(d @ (6 | 8)) => Some(d as u32),
-            Some(d) => return Err(AgentError::bad(format!("digits: must be 6 or 8, not {d}"))),
-        };
-        let period = match self.period {
-            None => None,
-            Some(p @ 1..=86_400) => Some(p as u64),
-            Some(p) => {
-                return Err(AgentError::bad(format!(
-                    "period: must be from 1 to 86400 seconds, not {p}"
-                )))
-            }
-        };
+        let bad_param = |e: otp::ParamError| AgentError::bad(e.to_string());
         let secret = self
             .secret
             .as_deref()
@@ -172,6 +152,15 @@ impl CreateReq {
         let new = match self.uri.as_deref() {
             Some(u) => {
                 let k = uri::parse(u).map_err(|e| AgentError::bad(e.to_string()))?;
+                // Fields given beside the uri are checked, then must say what it says.
+                let given = Params::new(
+                    self.algorithm
+                        .as_deref()
+                        .unwrap_or(k.params.algorithm.as_str()),
+                    self.digits.unwrap_or(k.params.digits.into()),
+                    self.period.unwrap_or(k.params.period as i64),
+                )
+                .map_err(bad_param)?;
                 NewSecret {
                     secret: agree_secret(secret, k.secret)?,
                     label: agree("label", label, k.label)?,
@@ -184,13 +173,19 @@ impl CreateReq {
                         (g, u) => u.or(g),
                     },
                     params: Params {
-                        algorithm: agree("algorithm", algorithm, k.params.algorithm)?,
-                        digits: agree("digits", digits, k.params.digits)?,
-                        period: agree("period", period, k.params.period)?,
+                        algorithm: agree("algorithm", Some(given.algorithm), k.params.algorithm)?,
+                        digits: agree("digits", Some(given.digits), k.params.digits)?,
+                        period: agree("period", Some(given.period), k.params.period)?,
                     },
                 }
             }
             None => NewSecret {
+                params: Params::new(
+                    self.algorithm.as_deref().unwrap_or("SHA1"),
+                    self.digits.unwrap_or(6),
+                    self.period.unwrap_or(30),
+                )
+                .map_err(bad_param)?,
                 secret: secret.ok_or_else(|| {
                     AgentError::bad(
                         "secret: either secret (base32) or uri (otpauth://totp/...) is required",
@@ -198,11 +193,6 @@ impl CreateReq {
                 })?,
                 label: label.ok_or_else(|| AgentError::bad("label: required with secret"))?,
                 issuer,
-                params: Params {
-                    algorithm: algorithm.unwrap_or(Algorithm::Sha1),
-                    digits: digits.unwrap_or(6),
-                    period: period.unwrap_or(30),
-                },
             },
         };
         if new.secret.len() < MIN_SECRET_BYTES {
@@ -253,13 +243,15 @@ fn info_json(i: &AgentSecretInfo) -> Value {
     })
 }
 
-async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
-    let who = caller(&ctx)?;
+async fn create(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<CreateReq>,
+) -> Res {
     who.require_any(
         "api/v2/totp/secrets",
         &[Capability::Create, Capability::Update],
     )?;
-    let req: CreateReq = read_json(body).await?;
     let new = req.resolve()?;
     let info = AgentSecretInfo {
         id: uuid::Uuid::new_v4().to_string(),
@@ -269,23 +261,22 @@ async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body
         created_at: now(),
     };
     st.store
-        .agent_create(who.entity_id.clone(), info.clone(), new.secret.clone())
+        .create_agent_secret(&who.entity_id, &info, &new.secret)
         .await?;
     let mut out = info_json(&info);
     out["secret"] = Value::String(otp::encode_base32(&new.secret));
     Ok((
         StatusCode::CREATED,
-        Json(json!({"status": "success", "totp_secret": out})),
+        axum::Json(json!({"status": "success", "totp_secret": out})),
     )
         .into_response())
 }
 
-async fn list(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
-    let who = caller(&ctx)?;
+async fn list(State(st): State<AppState>, who: Caller) -> Res {
     who.require_any("api/v2/totp/secrets", &[Capability::List, Capability::Read])?;
-    let items = st.store.agent_list(who.entity_id.clone()).await?;
+    let items = st.store.list_agent_secrets(&who.entity_id).await?;
     let list: Vec<Value> = items.iter().map(info_json).collect();
-    Ok(Json(json!({"status": "success", "totp_secrets": list})).into_response())
+    Ok(axum::Json(json!({"status": "success", "totp_secrets": list})).into_response())
 }
 
 /// Ids are UUIDs; anything else cannot exist, and is answered like an unknown id.
@@ -295,16 +286,11 @@ fn secret_id(raw: &str) -> Result<String, AgentError> {
         .map_err(|_| AgentError::not_found())
 }
 
-async fn remove(
-    State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    Path(raw): Path<String>,
-) -> Res {
-    let who = caller(&ctx)?;
+async fn remove(State(st): State<AppState>, who: Caller, Path(raw): Path<String>) -> Res {
     let id = secret_id(&raw)?;
-    who.require_any(&format!("api/v2/totp/secrets/{id}"), &[Capability::Delete])?;
-    if st.store.agent_delete(who.entity_id.clone(), id).await? {
-        Ok(Json(json!({"status": "success"})).into_response())
+    who.require(&format!("api/v2/totp/secrets/{id}"), Capability::Delete)?;
+    if st.store.delete_agent_secret(&who.entity_id, &id).await? {
+        Ok(axum::Json(json!({"status": "success"})).into_response())
     } else {
         Err(AgentError::not_found())
     }
@@ -319,16 +305,15 @@ struct CodeQuery {
 /// waits for the next step, so an agent never types a code that dies in transit.
 async fn code(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+    who: Caller,
     Path(raw): Path<String>,
     Query(q): Query<CodeQuery>,
 ) -> Res {
-    let who = caller(&ctx)?;
     let id = secret_id(&raw)?;
-    who.require_any(&format!("api/v2/totp/code/{id}"), &[Capability::Read])?;
+    who.require(&format!("api/v2/totp/code/{id}"), Capability::Read)?;
     let (secret, params) = st
         .store
-        .agent_secret(who.entity_id.clone(), id)
+        .get_agent_secret(&who.entity_id, &id)
         .await?
         .ok_or_else(AgentError::not_found)?;
     // A request may wait at most this long: enough for any code typed by a machine,
@@ -351,7 +336,7 @@ async fn code(
         tokio::time::sleep(Duration::from_secs(left)).await;
         t = now().max(t + left as i64);
     }
-    Ok(Json(json!({
+    Ok(axum::Json(json!({
         "status": "success",
         "code": otp::code_at(&secret, &params, t),
         "expires_in": params.remaining(t),

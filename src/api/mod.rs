@@ -1,8 +1,11 @@
-//! The HTTP surfaces, one module each, assembled into one router. Each surface owns its
-//! routes, request/response types and error shape; this module holds what they share:
-//! the request context, body reading and the 404/405 answers.
+//! The HTTP surfaces, one module each, assembled into one router from [`SURFACES`].
+//! Each surface owns its routes, request/response types and error shape; this module
+//! holds what they share: the app state, the request context, body reading, the mapping
+//! of shared errors, and the 404/405 answers. [`extract`] has the extractors that answer
+//! in each surface's shape.
 
 pub mod agent;
+pub mod extract;
 pub mod fields;
 pub mod sys;
 pub mod vault;
@@ -13,42 +16,57 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Caller};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// QR images rendered at once; more wait their turn. Each may take a few MB of pixels.
+const MAX_RENDERS: usize = 2;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bounds the CPU and memory QR rendering can take, whatever clients send.
+    pub renders: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        AppState {
+            store,
+            metrics: Default::default(),
+            renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
+        }
+    }
 }
 
 /// Per-request facts set by the server middleware before routing.
 #[derive(Clone)]
 pub struct Ctx {
     pub request_id: String,
-    caller: Arc<Result<Caller, AuthError>>,
+    caller: Result<Arc<Caller>, Arc<AuthError>>,
 }
 
 impl Ctx {
     pub fn new(request_id: String, caller: Result<Caller, AuthError>) -> Self {
         Self {
             request_id,
-            caller: Arc::new(caller),
+            caller: caller.map(Arc::new).map_err(Arc::new),
         }
     }
 
     /// The authenticated caller, or why there is none.
-    pub fn caller(&self) -> Result<&Caller, &AuthError> {
-        self.caller.as_ref().as_ref()
+    pub fn caller(&self) -> Result<&Arc<Caller>, &AuthError> {
+        self.caller.as_ref().map_err(|e| e.as_ref())
     }
 
     /// The caller's entity, for the request log line.
@@ -171,10 +189,36 @@ pub trait SurfaceError: Sized {
     fn with_status(status: StatusCode, message: String) -> Self;
 }
 
-/// A fault of ours, not the client's: logged in full, answered without detail.
+/// A fault of ours, not the client's: logged in full (inside the request's span, so the
+/// line names the request), answered without detail.
 pub fn internal<E: SurfaceError>(e: &dyn std::fmt::Display) -> E {
     tracing::error!(error = %e, "internal error");
     E::with_status(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+}
+
+/// A store error as a surface answers it: 503 when the database is overloaded,
+/// unreachable or closing (the middleware adds `Retry-After`), else an internal error.
+/// Handlers match `NotFound` and `Conflict` themselves before this.
+pub fn store_error<E: SurfaceError>(e: &StoreError) -> E {
+    match e {
+        StoreError::Unavailable | StoreError::Closed => {
+            tracing::warn!(error = %e, "store unavailable");
+            E::with_status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy; try again shortly".into(),
+            )
+        }
+        other => internal(other),
+    }
+}
+
+/// An auth error as a surface answers it: 403 for a denial, else as [`store_error`].
+pub fn auth_error<E: SurfaceError>(e: &AuthError) -> E {
+    match e {
+        AuthError::Denied => E::with_status(StatusCode::FORBIDDEN, "permission denied".into()),
+        AuthError::Store(s) => store_error(s),
+        other => internal(other),
+    }
 }
 
 /// Implements `From<BodyError>`, `From<&AuthError>`, `From<AuthError>` and
@@ -188,25 +232,17 @@ macro_rules! surface_error {
         }
         impl From<&$crate::auth::AuthError> for $t {
             fn from(e: &$crate::auth::AuthError) -> Self {
-                match e {
-                    $crate::auth::AuthError::Denied => {
-                        <$t as $crate::api::SurfaceError>::with_status(
-                            axum::http::StatusCode::FORBIDDEN,
-                            "permission denied".into(),
-                        )
-                    }
-                    other => $crate::api::internal(other),
-                }
+                $crate::api::auth_error(e)
             }
         }
         impl From<$crate::auth::AuthError> for $t {
             fn from(e: $crate::auth::AuthError) -> Self {
-                <$t>::from(&e)
+                $crate::api::auth_error(&e)
             }
         }
         impl From<$crate::store::StoreError> for $t {
             fn from(e: $crate::store::StoreError) -> Self {
-                $crate::api::internal(&e)
+                $crate::api::store_error(&e)
             }
         }
     };
@@ -221,13 +257,26 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// One API surface: the request paths it owns, its routes and its error shape. The
+/// router and the 404/405/413 answers are built from [`SURFACES`], so adding a surface
+/// is one line there.
+pub struct Surface {
+    /// Request-path prefixes of this surface (`/api/v2/totp`); the longest match wins.
+    pub prefixes: &'static [&'static str],
+    pub routes: fn() -> Router<AppState>,
+    /// An error response in this surface's shape.
+    pub error: fn(StatusCode, &str) -> Response,
+}
+
+/// Every surface. A path no prefix matches answers in Vault's shape.
+pub const SURFACES: &[Surface] = &[sys::SURFACE, vault_mfa::SURFACE, agent::SURFACE];
+
 /// The whole application: every surface's routes, plus 404/405 in the shape of the
 /// surface the path belongs to.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(sys::routes())
-        .merge(vault_mfa::routes())
-        .merge(agent::routes())
+    SURFACES
+        .iter()
+        .fold(Router::new(), |r, s| r.merge((s.routes)()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -246,11 +295,18 @@ async fn method_not_allowed(uri: Uri, method: Method) -> Response {
 }
 
 /// An error in the shape of the surface that owns `path`.
-pub(crate) fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
-    if path.starts_with(agent::PREFIX) {
-        agent::AgentError::new(status, msg).into_response()
-    } else {
-        vault::VaultError::new(status, msg).into_response()
+pub fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
+    let owner = SURFACES
+        .iter()
+        .flat_map(|s| s.prefixes.iter().map(move |p| (*p, s)))
+        .filter(|(p, _)| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .max_by_key(|(p, _)| p.len());
+    match owner {
+        Some((_, s)) => (s.error)(status, msg),
+        None => vault::error(status, msg),
     }
 }
 

@@ -1,22 +1,28 @@
 //! totpd's own system API in Vault's conventions: health, the OpenAPI document,
 //! tokens (`/v1/auth/token/*`) and ACL policies (`/v1/sys/policies/acl/*`).
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::fields::flex_seconds;
-use super::vault::{self, caller, ListQuery, VaultError};
-use super::{now, read_json, AppState, Ctx};
+use super::vault::{self, Caller, Json, ListQuery, VaultError};
+use super::{extract, now, AppState, Surface};
 use crate::auth::{self, Capability, Policy};
 use crate::store::TokenRecord;
 
-pub fn routes() -> Router<AppState> {
+/// The system API: health, OpenAPI, metrics, tokens and ACL policies, in Vault's shape.
+pub const SURFACE: Surface = Surface {
+    prefixes: &["/v1/sys", "/v1/auth/token"],
+    routes,
+    error: vault::error,
+};
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/sys/health", get(health))
         .route("/v1/sys/openapi", get(openapi))
@@ -38,7 +44,7 @@ pub fn routes() -> Router<AppState> {
 type Res = Result<Response, VaultError>;
 
 async fn health() -> Response {
-    Json(json!({
+    axum::Json(json!({
         "initialized": true,
         "sealed": false,
         "standby": false,
@@ -48,8 +54,8 @@ async fn health() -> Response {
     .into_response()
 }
 
-async fn metrics(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
-    caller(&ctx)?.require("sys/metrics", Capability::Read)?;
+async fn metrics(State(st): State<AppState>, who: Caller) -> Res {
+    who.require("sys/metrics", Capability::Read)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
@@ -77,12 +83,10 @@ struct TokenCreate {
 
 async fn token_create(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    body: Body,
+    who: Caller,
+    extract::Json(req, _): Json<TokenCreate>,
 ) -> Res {
-    let who = caller(&ctx)?;
     who.require_any("auth/token/create", auth::WRITE)?;
-    let req: TokenCreate = read_json(body).await?;
     let now = now();
 
     // A child token gets no policy its parent lacks (root may grant anything).
@@ -149,9 +153,9 @@ async fn token_create(
         expires_at,
         parent: who.token.as_ref().map(|t| t.accessor.clone()),
     };
-    st.store.create_token(rec).await?;
+    st.store.create_token(&rec).await?;
     Ok(vault::auth(
-        &ctx,
+        &who.request_id,
         json!({
             "client_token": token,
             "accessor": accessor,
@@ -167,8 +171,7 @@ async fn token_create(
     ))
 }
 
-async fn token_lookup_self(Extension(ctx): Extension<Ctx>) -> Res {
-    let who = caller(&ctx)?;
+async fn token_lookup_self(who: Caller) -> Res {
     who.require("auth/token/lookup-self", Capability::Read)?;
     let now = now();
     let data = match &who.token {
@@ -194,7 +197,7 @@ async fn token_lookup_self(Extension(ctx): Extension<Ctx>) -> Res {
             "type": "peer",
         }),
     };
-    Ok(vault::ok(&ctx, data))
+    Ok(vault::ok(&who.request_id, data))
 }
 
 #[derive(Deserialize)]
@@ -204,27 +207,25 @@ struct TokenRevoke {
 
 async fn token_revoke(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    body: Body,
+    who: Caller,
+    extract::Json(req, _): Json<TokenRevoke>,
 ) -> Res {
-    caller(&ctx)?.require("auth/token/revoke", Capability::Update)?;
-    let req: TokenRevoke = read_json(body).await?;
+    who.require("auth/token/revoke", Capability::Update)?;
     if req.token.trim().is_empty() {
         return Err(VaultError::bad_request("token: missing"));
     }
     st.store
-        .revoke_token(auth::hash_token(req.token.trim()))
+        .revoke_token(&auth::hash_token(req.token.trim()))
         .await?;
     Ok(vault::no_content())
 }
 
-async fn token_revoke_self(State(st): State<AppState>, Extension(ctx): Extension<Ctx>) -> Res {
-    let who = caller(&ctx)?;
+async fn token_revoke_self(State(st): State<AppState>, who: Caller) -> Res {
     who.require("auth/token/revoke-self", Capability::Update)?;
     let t = who.token.as_ref().ok_or_else(|| {
         VaultError::bad_request("no token to revoke: the caller is a socket peer")
     })?;
-    st.store.revoke_token(t.hash.clone()).await?;
+    st.store.revoke_token(&t.hash).await?;
     Ok(vault::no_content())
 }
 
@@ -246,29 +247,28 @@ fn policy_name(raw: &str) -> Result<String, VaultError> {
     Ok(name)
 }
 
-async fn policy_list(
-    State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    Query(q): Query<ListQuery>,
-) -> Res {
+async fn policy_list(State(st): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Res {
     q.require()?;
-    caller(&ctx)?.require("sys/policies/acl", Capability::List)?;
+    who.require("sys/policies/acl", Capability::List)?;
     let mut keys = st.store.list_policies().await?;
     keys.push(auth::DEFAULT.into());
     keys.push(auth::ROOT.into());
     keys.sort();
-    Ok(vault::ok(&ctx, json!({ "keys": keys, "policies": keys })))
+    Ok(vault::ok(
+        &who.request_id,
+        json!({ "keys": keys, "policies": keys }),
+    ))
 }
 
 async fn policy_read(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+    who: Caller,
     Path(raw): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Res {
     q.forbid()?;
     let name = policy_name(&raw)?;
-    caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
+    who.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
     let doc: Value = match name.as_str() {
         auth::ROOT => json!({}),
         auth::DEFAULT => {
@@ -277,13 +277,16 @@ async fn policy_read(
         _ => {
             let text = st
                 .store
-                .get_policy(name.clone())
+                .get_policy(&name)
                 .await?
                 .ok_or_else(VaultError::not_found)?;
             serde_json::from_str(&text).map_err(|e| VaultError::internal(&e))?
         }
     };
-    Ok(vault::ok(&ctx, json!({ "name": name, "policy": doc })))
+    Ok(vault::ok(
+        &who.request_id,
+        json!({ "name": name, "policy": doc }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -293,15 +296,12 @@ struct PolicyWrite {
 
 async fn policy_write(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+    who: Caller,
     Path(raw): Path<String>,
-    body: Body,
+    extract::Json(req, _): Json<PolicyWrite>,
 ) -> Res {
     let name = policy_name(&raw)?;
-    let who = caller(&ctx)?;
-    let path = format!("sys/policies/acl/{name}");
-    who.require_any(&path, auth::WRITE)?;
-    let req: PolicyWrite = read_json(body).await?;
+    who.require_any(&format!("sys/policies/acl/{name}"), auth::WRITE)?;
     if name == auth::ROOT || name == auth::DEFAULT {
         return Err(VaultError::bad_request(format!(
             "cannot update the built-in {name:?} policy"
@@ -319,22 +319,18 @@ async fn policy_write(
         }
     };
     Policy::parse(&doc).map_err(|e| VaultError::bad_request(format!("policy: {e}")))?;
-    st.store.put_policy(name, doc.to_string(), now()).await?;
+    st.store.put_policy(&name, &doc.to_string(), now()).await?;
     Ok(vault::no_content())
 }
 
-async fn policy_delete(
-    State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    Path(raw): Path<String>,
-) -> Res {
+async fn policy_delete(State(st): State<AppState>, who: Caller, Path(raw): Path<String>) -> Res {
     let name = policy_name(&raw)?;
-    caller(&ctx)?.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
+    who.require(&format!("sys/policies/acl/{name}"), Capability::Delete)?;
     if name == auth::ROOT || name == auth::DEFAULT {
         return Err(VaultError::bad_request(format!(
             "cannot delete the built-in {name:?} policy"
         )));
     }
-    st.store.delete_policy(name).await?;
+    st.store.delete_policy(&name).await?;
     Ok(vault::no_content())
 }

@@ -4,10 +4,14 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Value};
 
-use super::{surface_error, Ctx, SurfaceError};
+use super::{extract, surface_error, SurfaceError};
+
+/// The caller, rejected in Vault's shape.
+pub type Caller = extract::Caller<VaultError>;
+/// A JSON body, rejected in Vault's shape.
+pub type Json<T> = extract::Json<T, VaultError>;
 
 /// An error in Vault's shape.
 #[derive(Debug)]
@@ -45,7 +49,7 @@ impl VaultError {
 
 impl IntoResponse for VaultError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "errors": self.errors }))).into_response()
+        (self.status, axum::Json(json!({ "errors": self.errors }))).into_response()
     }
 }
 
@@ -56,6 +60,11 @@ impl SurfaceError for VaultError {
 }
 
 surface_error!(VaultError);
+
+/// An error response in Vault's shape (the surface table's error function).
+pub fn error(status: StatusCode, msg: &str) -> Response {
+    VaultError::new(status, msg).into_response()
+}
 
 /// `LIST` arrives as `GET ?list=true`; a plain GET on a list-only path is not allowed.
 #[derive(serde::Deserialize)]
@@ -115,24 +124,24 @@ pub fn entity_id(field: &str, raw: &str) -> Result<String, VaultError> {
     Ok(e.to_string())
 }
 
-/// Vault's success envelope around `data`.
-pub fn ok(ctx: &Ctx, data: Value) -> Response {
-    envelope(ctx, data, Value::Null, Value::Null)
+/// Vault's success envelope around `data`, for the request `request_id`.
+pub fn ok(request_id: &str, data: Value) -> Response {
+    envelope(request_id, data, Value::Null, Value::Null)
 }
 
 /// The envelope with warnings and no data (Vault's "already exists" answers).
-pub fn warning(ctx: &Ctx, msg: impl Into<String>) -> Response {
-    envelope(ctx, Value::Null, json!([msg.into()]), Value::Null)
+pub fn warning(request_id: &str, msg: impl Into<String>) -> Response {
+    envelope(request_id, Value::Null, json!([msg.into()]), Value::Null)
 }
 
 /// The envelope carrying an `auth` block (token create).
-pub fn auth(ctx: &Ctx, auth: Value) -> Response {
-    envelope(ctx, Value::Null, Value::Null, auth)
+pub fn auth(request_id: &str, auth: Value) -> Response {
+    envelope(request_id, Value::Null, Value::Null, auth)
 }
 
-fn envelope(ctx: &Ctx, data: Value, warnings: Value, auth: Value) -> Response {
-    Json(json!({
-        "request_id": ctx.request_id,
+fn envelope(request_id: &str, data: Value, warnings: Value, auth: Value) -> Response {
+    axum::Json(json!({
+        "request_id": request_id,
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
@@ -147,9 +156,4 @@ fn envelope(ctx: &Ctx, data: Value, warnings: Value, auth: Value) -> Response {
 /// 204, as Vault answers writes that return nothing.
 pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// The caller, or Vault's 403.
-pub fn caller(ctx: &Ctx) -> Result<&crate::auth::Caller, VaultError> {
-    ctx.caller().map_err(VaultError::from)
 }

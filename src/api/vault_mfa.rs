@@ -1,28 +1,34 @@
-//! Surface 1: HashiCorp Vault's identity MFA TOTP methods, under
+//! HashiCorp Vault's identity MFA TOTP methods, under
 //! `/v1/identity/mfa/method/totp`, with Vault's envelope, errors, defaults and bounds,
 //! plus `validate`, which Vault only does inside its own login.
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::fields::{flex_int, flex_seconds};
-use super::vault::{self, caller, ListQuery, VaultError};
-use super::{now, read_json, AppState, Ctx};
+use super::vault::{self, Caller, Json, ListQuery, VaultError};
+use super::{extract, now, AppState, Surface};
 use crate::auth::{self, Capability};
-use crate::otp::{self, qr, uri, Algorithm};
-use crate::store::{Enroll, MethodDelete, MethodRecord, MethodWrite, MfaCheck};
+use crate::otp::{self, qr, uri, Params};
+use crate::store::{Clash, Enrollment, MethodRecord, StoreError, Thing};
 
 const BASE: &str = "/v1/identity/mfa/method/totp";
 /// The ACL path of the method collection.
 const ACL: &str = "identity/mfa/method/totp";
 
-pub fn routes() -> Router<AppState> {
+/// Vault identity MFA TOTP methods, in Vault's shape.
+pub const SURFACE: Surface = Surface {
+    prefixes: &["/v1/identity/mfa"],
+    routes,
+    error: vault::error,
+};
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route(BASE, post(create).put(create).get(list))
         .route(&format!("{BASE}/generate"), post(generate).put(generate))
@@ -69,7 +75,6 @@ struct MethodReq {
 /// over 2048 pixels square is a memory sink.
 const KEY_SIZE: std::ops::RangeInclusive<i64> = 10..=64;
 const MAX_QR: i64 = 2048;
-const MAX_PERIOD: i64 = 86_400;
 const MAX_ISSUER: usize = 128;
 const MAX_ATTEMPTS: i64 = 100_000;
 
@@ -81,27 +86,12 @@ impl MethodReq {
             .issuer
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let algorithm = match self.algorithm.as_deref() {
-            None => Algorithm::Sha1,
-            Some(a) => match Algorithm::parse(a) {
-                Some(a) => a,
-                None => {
-                    return bad(&format!(
-                        "algorithm: {a:?} is not one of SHA1, SHA256, SHA512"
-                    ))
-                }
-            },
-        };
-        let digits = self.digits.unwrap_or(6);
-        if digits != 6 && digits != 8 {
-            return bad(&format!("digits: can only be 6 or 8, not {digits}"));
-        }
-        let period = self.period.unwrap_or(30);
-        if !(1..=MAX_PERIOD).contains(&period) {
-            return bad(&format!(
-                "period: must be from 1 second to {MAX_PERIOD} seconds, not {period}"
-            ));
-        }
+        let params = Params::new(
+            self.algorithm.as_deref().unwrap_or("SHA1"),
+            self.digits.unwrap_or(6),
+            self.period.unwrap_or(30),
+        )
+        .map_err(|e| VaultError::bad_request(e.to_string()))?;
         let skew = self.skew.unwrap_or(1);
         if skew != 0 && skew != 1 {
             return bad(&format!("skew: must be 0 or 1, not {skew}"));
@@ -133,13 +123,8 @@ impl MethodReq {
             // The longest URL generate can make: the longest entity id, each character
             // percent-encoded, and a key_size secret.
             let sample_secret = vec![0u8; key_size as usize];
-            let p = otp::Params {
-                algorithm,
-                digits: digits as u32,
-                period: period as u64,
-            };
             let longest_entity = ":".repeat(vault::MAX_ENTITY_ID);
-            let sample = uri::build(&issuer, &longest_entity, &sample_secret, &p);
+            let sample = uri::build(&issuer, &longest_entity, &sample_secret, &params);
             match qr::min_size(&sample) {
                 Ok(min) if qr_size < i64::from(min) => {
                     return bad(&format!("qr_size: {qr_size} is too small for this method's QR code, which needs at least {min} pixels"))
@@ -154,23 +139,22 @@ impl MethodReq {
                     "max_validation_attempts: must be from 0 (the default, 5) to {MAX_ATTEMPTS}, not {n}"
                 ))
             }
-            0 => i64::from(otp::DEFAULT_MAX_ATTEMPTS),
-            n => n,
+            0 => otp::DEFAULT_MAX_ATTEMPTS,
+            n => n as u32,
         };
         let name = self
             .method_name
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        // The ranges checked above fit u32.
         Ok(MethodRecord {
             id,
             name,
             issuer,
-            period,
-            key_size,
-            qr_size,
-            algorithm: algorithm.as_str().to_string(),
-            digits,
-            skew,
+            params,
+            key_size: key_size as u32,
+            qr_size: qr_size as u32,
+            skew: skew as u32,
             max_validation_attempts,
             created_at: now,
         })
@@ -187,11 +171,11 @@ fn method_json(m: &MethodRecord) -> Value {
         "namespace_id": "root",
         "namespace_path": "",
         "issuer": m.issuer,
-        "period": m.period,
+        "period": m.params.period,
         "key_size": m.key_size,
         "qr_size": m.qr_size,
-        "algorithm": m.algorithm,
-        "digits": m.digits,
+        "algorithm": m.params.algorithm.as_str(),
+        "digits": m.params.digits,
         "skew": m.skew,
         "max_validation_attempts": m.max_validation_attempts,
     })
@@ -222,76 +206,80 @@ fn name_taken(m: &MethodRecord) -> VaultError {
     ))
 }
 
-async fn create(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
-    caller(&ctx)?.require_any(ACL, auth::WRITE)?;
-    let req: MethodReq = read_json(body).await?;
-    let rec = req.into_record(uuid::Uuid::new_v4().to_string(), now())?;
-    match st.store.create_method(rec.clone()).await? {
-        MethodWrite::Done => Ok(vault::ok(&ctx, json!({ "method_id": rec.id }))),
-        MethodWrite::NameTaken => Err(name_taken(&rec)),
-        MethodWrite::NotFound => Err(no_such_method(&rec.id)),
+/// A store error of the method routes: an unknown method is 404, a taken name 400.
+fn method_error(e: StoreError, m: &MethodRecord) -> VaultError {
+    match e {
+        StoreError::NotFound(Thing::Method) => no_such_method(&m.id),
+        StoreError::Conflict(Clash::NameTaken) => name_taken(m),
+        other => other.into(),
     }
+}
+
+async fn create(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<MethodReq>,
+) -> Res {
+    who.require_any(ACL, auth::WRITE)?;
+    let rec = req.into_record(uuid::Uuid::new_v4().to_string(), now())?;
+    st.store
+        .create_method(&rec)
+        .await
+        .map_err(|e| method_error(e, &rec))?;
+    Ok(vault::ok(&who.request_id, json!({ "method_id": rec.id })))
 }
 
 /// As in Vault, an update replaces the whole configuration: fields left out go back to
 /// their defaults, and `issuer` is required again. `method_name` is kept if left out.
 async fn update(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+    who: Caller,
     Path(raw): Path<String>,
-    body: Body,
+    extract::Json(req, _): Json<MethodReq>,
 ) -> Res {
     let id = method_id("method_id", &raw)?;
-    caller(&ctx)?.require_any(&format!("{ACL}/{id}"), auth::WRITE)?;
-    let req: MethodReq = read_json(body).await?;
-    let rec = req.into_record(id.clone(), now())?;
-    match st.store.update_method(rec.clone()).await? {
-        MethodWrite::Done => Ok(vault::no_content()),
-        MethodWrite::NameTaken => Err(name_taken(&rec)),
-        MethodWrite::NotFound => Err(no_such_method(&id)),
-    }
+    who.require_any(&format!("{ACL}/{id}"), auth::WRITE)?;
+    let rec = req.into_record(id, now())?;
+    st.store
+        .update_method(&rec)
+        .await
+        .map_err(|e| method_error(e, &rec))?;
+    Ok(vault::no_content())
 }
 
 async fn read(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+    who: Caller,
     Path(raw): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Res {
     q.forbid()?;
     let id = method_id("method_id", &raw)?;
-    caller(&ctx)?.require(&format!("{ACL}/{id}"), Capability::Read)?;
+    who.require(&format!("{ACL}/{id}"), Capability::Read)?;
     let m = st
         .store
-        .get_method(id.clone())
+        .get_method(&id)
         .await?
         .ok_or_else(|| no_such_method(&id))?;
-    Ok(vault::ok(&ctx, method_json(&m)))
+    Ok(vault::ok(&who.request_id, method_json(&m)))
 }
 
-async fn delete(
-    State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    Path(raw): Path<String>,
-) -> Res {
+async fn delete(State(st): State<AppState>, who: Caller, Path(raw): Path<String>) -> Res {
     let id = method_id("method_id", &raw)?;
-    caller(&ctx)?.require(&format!("{ACL}/{id}"), Capability::Delete)?;
-    match st.store.delete_method(id.clone()).await? {
-        MethodDelete::Deleted => Ok(vault::no_content()),
-        MethodDelete::NotFound => Err(no_such_method(&id)),
-        MethodDelete::InUse => Err(VaultError::bad_request(
+    who.require(&format!("{ACL}/{id}"), Capability::Delete)?;
+    match st.store.delete_method(&id).await {
+        Ok(()) => Ok(vault::no_content()),
+        Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
+        Err(StoreError::Conflict(Clash::InUse)) => Err(VaultError::bad_request(
             "method_id: the method is in use: entities still hold secrets for it (admin-destroy them first)",
         )),
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn list(
-    State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    Query(q): Query<ListQuery>,
-) -> Res {
+async fn list(State(st): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Res {
     q.require()?;
-    caller(&ctx)?.require(ACL, Capability::List)?;
+    who.require(ACL, Capability::List)?;
     let methods = st.store.list_methods().await?;
     if methods.is_empty() {
         // Vault answers an empty list with 404.
@@ -302,7 +290,10 @@ async fn list(
         .iter()
         .map(|m| (m.id.clone(), method_json(m)))
         .collect();
-    Ok(vault::ok(&ctx, json!({ "keys": keys, "key_info": info })))
+    Ok(vault::ok(
+        &who.request_id,
+        json!({ "keys": keys, "key_info": info }),
+    ))
 }
 
 // ----- secrets -----
@@ -315,58 +306,79 @@ struct MethodEntity {
     entity_id: String,
 }
 
-/// Generates a secret for `entity`: the QR image is made before anything is stored, so
-/// a failure leaves no secret nobody has seen.
-async fn generate_for(st: &AppState, ctx: &Ctx, method_id: String, entity: String) -> Res {
-    let m = st
-        .store
-        .get_method(method_id.clone())
-        .await?
-        .ok_or_else(|| no_such_method(&method_id))?;
-    let params = m.params()?;
-    let secret = otp::generate_secret(m.key_size as usize).map_err(|e| VaultError::internal(&e))?;
-    let url = uri::build(&m.issuer, &entity, &secret, &params);
-    let barcode = if m.qr_size > 0 {
-        // Up to a few milliseconds of pixel work: off the async workers.
-        let (u, size) = (url.clone(), m.qr_size as u32);
-        tokio::task::spawn_blocking(move || qr::png_base64(&u, size))
-            .await
-            .map_err(|e| VaultError::internal(&e))?
-            .map_err(|e| VaultError::bad_request(format!("qr_size: {e}")))?
+/// Generates a secret for `entity`. The store makes and keeps it only if the entity has
+/// none (one atomic call), and only a secret really created is rendered: a repeated
+/// `generate` costs a lookup, never an image.
+async fn generate_for(st: &AppState, who: &Caller, method_id: &str, entity: &str) -> Res {
+    let (method, secret) = match st.store.create_mfa_secret(method_id, entity, now()).await {
+        Ok(Enrollment::Created { method, secret }) => (method, secret),
+        Ok(Enrollment::Exists { method }) => {
+            return Ok(vault::warning(
+                &who.request_id,
+                format!(
+                    "Entity already has a secret for MFA method {:?}",
+                    method.name.unwrap_or_default()
+                ),
+            ))
+        }
+        Err(StoreError::NotFound(Thing::Method)) => return Err(no_such_method(method_id)),
+        Err(e) => return Err(e.into()),
+    };
+    let url = uri::build(&method.issuer, entity, &secret, &method.params);
+    let barcode = if method.qr_size > 0 {
+        match render_qr(st, &url, method.qr_size).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Nobody will ever see this secret: take it back.
+                st.store.delete_mfa_secret(method_id, entity).await?;
+                return Err(e);
+            }
+        }
     } else {
         String::new()
     };
-    match st
-        .store
-        .mfa_enroll(method_id.clone(), entity, secret, params, now())
-        .await?
-    {
-        Enroll::Created => Ok(vault::ok(ctx, json!({ "barcode": barcode, "url": url }))),
-        Enroll::Exists => Ok(vault::warning(
-            ctx,
-            format!(
-                "Entity already has a secret for MFA method {:?}",
-                m.name.clone().unwrap_or_default()
-            ),
-        )),
-        Enroll::NoMethod => Err(no_such_method(&method_id)),
-    }
+    Ok(vault::ok(
+        &who.request_id,
+        json!({ "barcode": barcode, "url": url }),
+    ))
 }
 
-async fn generate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
-    let who = caller(&ctx)?;
+/// The QR image of `url`, base64 PNG: a few milliseconds of pixel work, off the async
+/// workers, at most [`super::AppState::renders`] at a time.
+async fn render_qr(st: &AppState, url: &str, size: u32) -> Result<String, VaultError> {
+    let _permit = st
+        .renders
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| VaultError::internal(&e))?;
+    st.metrics.qr_render();
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || qr::png_base64(&url, size))
+        .await
+        .map_err(|e| VaultError::internal(&e))?
+        .map_err(|e| VaultError::bad_request(format!("qr_size: {e}")))
+}
+
+async fn generate(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<MethodEntity>,
+) -> Res {
     who.require_any(&format!("{ACL}/generate"), auth::WRITE)?;
-    let req: MethodEntity = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
-    generate_for(&st, &ctx, id, who.entity_id.clone()).await
+    let entity = who.entity_id.clone();
+    generate_for(&st, &who, &id, &entity).await
 }
 
 /// Checks sudo on an admin path and returns (method_id, entity_id) from the body.
-async fn admin_target(ctx: &Ctx, path: &str, body: Body) -> Result<(String, String), VaultError> {
-    let who = caller(ctx)?;
+fn admin_target(
+    who: &Caller,
+    path: &str,
+    req: MethodEntity,
+) -> Result<(String, String), VaultError> {
     who.require_any(path, auth::WRITE)?;
     who.require(path, Capability::Sudo)?;
-    let req: MethodEntity = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
     let entity = vault::entity_id("entity_id", &req.entity_id)?;
     Ok((id, entity))
@@ -374,23 +386,23 @@ async fn admin_target(ctx: &Ctx, path: &str, body: Body) -> Result<(String, Stri
 
 async fn admin_generate(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    body: Body,
+    who: Caller,
+    extract::Json(req, _): Json<MethodEntity>,
 ) -> Res {
-    let (id, entity) = admin_target(&ctx, &format!("{ACL}/admin-generate"), body).await?;
-    generate_for(&st, &ctx, id, entity).await
+    let (id, entity) = admin_target(&who, &format!("{ACL}/admin-generate"), req)?;
+    generate_for(&st, &who, &id, &entity).await
 }
 
 async fn admin_destroy(
     State(st): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    body: Body,
+    who: Caller,
+    extract::Json(req, _): Json<MethodEntity>,
 ) -> Res {
-    let (id, entity) = admin_target(&ctx, &format!("{ACL}/admin-destroy"), body).await?;
-    if st.store.get_method(id.clone()).await?.is_none() {
+    let (id, entity) = admin_target(&who, &format!("{ACL}/admin-destroy"), req)?;
+    if st.store.get_method(&id).await?.is_none() {
         return Err(no_such_method(&id));
     }
-    st.store.mfa_destroy(id, entity).await?;
+    st.store.delete_mfa_secret(&id, &entity).await?;
     Ok(vault::no_content())
 }
 
@@ -404,11 +416,13 @@ struct ValidateReq {
 
 /// One answer for every refusal (wrong, replayed, malformed, locked): the reason goes
 /// to the log only.
-async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, body: Body) -> Res {
-    let who = caller(&ctx)?;
+async fn validate(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<ValidateReq>,
+) -> Res {
     let path = format!("{ACL}/validate");
     who.require_any(&path, auth::WRITE)?;
-    let req: ValidateReq = read_json(body).await?;
     let id = method_id("method_id", &req.method_id)?;
     let passcode = req
         .passcode
@@ -425,21 +439,22 @@ async fn validate(State(st): State<AppState>, Extension(ctx): Extension<Ctx>, bo
     };
     match st
         .store
-        .mfa_verify(id.clone(), entity.clone(), passcode, now())
-        .await?
+        .check_and_record_mfa_code(&id, &entity, &passcode, now())
+        .await
     {
-        MfaCheck::Checked(otp::Outcome::Accepted { .. }) => {
+        Ok(otp::Outcome::Accepted { .. }) => {
             st.metrics.verification("vault_mfa", "accepted");
-            Ok(vault::ok(&ctx, json!({ "valid": true })))
+            Ok(vault::ok(&who.request_id, json!({ "valid": true })))
         }
-        MfaCheck::Checked(otp::Outcome::Refused(reason)) => {
+        Ok(otp::Outcome::Refused(reason)) => {
             st.metrics.verification("vault_mfa", reason.as_str());
-            tracing::info!(method_id = %id, entity = %entity, reason = reason.as_str(), request_id = %ctx.request_id, "passcode refused");
+            tracing::info!(method_id = %id, entity = %entity, reason = reason.as_str(), "passcode refused");
             Err(VaultError::new(StatusCode::FORBIDDEN, "invalid passcode"))
         }
-        MfaCheck::NoMethod => Err(no_such_method(&id)),
-        MfaCheck::NoSecret => Err(VaultError::bad_request(
+        Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
+        Err(StoreError::NotFound(Thing::MfaSecret)) => Err(VaultError::bad_request(
             "entity_id: the entity has no TOTP secret for this method (generate one first)",
         )),
+        Err(e) => Err(e.into()),
     }
 }

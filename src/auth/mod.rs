@@ -143,7 +143,7 @@ pub fn token_from_headers(h: &HeaderMap) -> Option<String> {
 /// Works out who is calling: the token if one was sent, else the socket peer's uid.
 /// Over TCP a token is required.
 pub async fn resolve(
-    store: &Store,
+    store: &dyn Store,
     peer: Peer,
     token: Option<String>,
     daemon_uid: u32,
@@ -152,7 +152,7 @@ pub async fn resolve(
     match (token, peer) {
         (Some(t), _) => {
             let rec = store
-                .lookup_token(hash_token(&t), now)
+                .get_token(&hash_token(&t), now)
                 .await?
                 .ok_or(AuthError::Denied)?;
             let acl = build_acl(store, &rec.policies).await?;
@@ -188,7 +188,7 @@ pub async fn resolve(
 }
 
 /// Merges the named policies. Unknown names grant nothing, as in Vault.
-async fn build_acl(store: &Store, names: &[String]) -> Result<Acl, AuthError> {
+async fn build_acl(store: &dyn Store, names: &[String]) -> Result<Acl, AuthError> {
     if names.iter().any(|n| n == ROOT) {
         return Ok(Acl::root());
     }
@@ -198,7 +198,7 @@ async fn build_acl(store: &Store, names: &[String]) -> Result<Acl, AuthError> {
     }
     let stored: Vec<String> = names.iter().filter(|n| *n != DEFAULT).cloned().collect();
     if !stored.is_empty() {
-        for (name, doc) in store.get_policies(stored).await? {
+        for (name, doc) in store.get_policies(&stored).await? {
             let value: serde_json::Value = serde_json::from_str(&doc).map_err(|e| {
                 AuthError::BadPolicy(name.clone(), PolicyError::Shape(e.to_string()))
             })?;

@@ -48,17 +48,51 @@ impl Algorithm {
     }
 }
 
-/// How codes are made from a secret.
+/// How codes are made from a secret. Built only by [`Params::new`], so every instance
+/// holds a supported algorithm, 6 or 8 digits and a period of 1..=[`MAX_PERIOD`] seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
     pub algorithm: Algorithm,
     /// 6 or 8.
     pub digits: u32,
-    /// Seconds per step, at least 1.
+    /// Seconds per step, 1..=[`MAX_PERIOD`].
     pub period: u64,
 }
 
+/// The longest period accepted: one day.
+pub const MAX_PERIOD: i64 = 86_400;
+
+/// Why code parameters were refused; each message starts with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("algorithm: {0:?} is not one of SHA1, SHA256, SHA512")]
+    Algorithm(String),
+    #[error("digits: must be 6 or 8, not {0}")]
+    Digits(i64),
+    #[error("period: must be from 1 to {MAX_PERIOD} seconds, not {0}")]
+    Period(i64),
+}
+
 impl Params {
+    /// The one check of code parameters, for every surface and for rows read back from
+    /// storage: `algorithm` SHA1/SHA256/SHA512 (any case), `digits` 6 or 8, `period`
+    /// 1..=86400 seconds. Checked in that order.
+    pub fn new(algorithm: &str, digits: i64, period: i64) -> Result<Params, ParamError> {
+        let algorithm =
+            Algorithm::parse(algorithm).ok_or_else(|| ParamError::Algorithm(algorithm.into()))?;
+        if digits != 6 && digits != 8 {
+            return Err(ParamError::Digits(digits));
+        }
+        if !(1..=MAX_PERIOD).contains(&period) {
+            return Err(ParamError::Period(period));
+        }
+        Ok(Params {
+            algorithm,
+            digits: digits as u32,
+            period: period as u64,
+        })
+    }
+
     /// The time step that contains unix time `t`.
     pub fn step(&self, t: i64) -> i64 {
         t.max(0) / self.period as i64
@@ -238,11 +272,30 @@ mod tests {
     const SEED64: &[u8] = b"1234567890123456789012345678901234567890123456789012345678901234";
 
     fn p(algorithm: Algorithm, digits: u32, period: u64) -> Params {
-        Params {
-            algorithm,
-            digits,
-            period,
-        }
+        Params::new(algorithm.as_str(), digits.into(), period as i64).unwrap()
+    }
+
+    #[test]
+    fn params_are_checked_in_one_place() {
+        assert_eq!(
+            Params::new("sha256", 8, 60).unwrap(),
+            Params {
+                algorithm: Algorithm::Sha256,
+                digits: 8,
+                period: 60
+            }
+        );
+        assert_eq!(
+            Params::new("MD5", 7, 0),
+            Err(ParamError::Algorithm("MD5".into()))
+        );
+        assert_eq!(Params::new("SHA1", 7, 0), Err(ParamError::Digits(7)));
+        assert_eq!(Params::new("SHA1", 6, 0), Err(ParamError::Period(0)));
+        assert_eq!(
+            Params::new("SHA1", 6, 86_401),
+            Err(ParamError::Period(86_401))
+        );
+        assert!(ParamError::Digits(7).to_string().starts_with("digits: "));
     }
 
     /// RFC 6238 appendix B, every row.

@@ -3,7 +3,7 @@
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::{decode_base32, encode_base32, Algorithm, Params};
+use super::{decode_base32, encode_base32, ParamError, Params};
 
 /// Characters left as they are in a label or query value; everything else is %-encoded
 /// (a space as %20, which every authenticator reads, unlike '+').
@@ -89,29 +89,24 @@ pub fn parse(s: &str) -> Result<KeyUri, UriError> {
     }
     let mut secret = None;
     let mut issuer = None;
-    let mut algorithm = Algorithm::Sha1;
+    let mut algorithm = "SHA1".to_string();
     let mut digits = 6;
     let mut period = 30;
     for (k, v) in url.query_pairs() {
         match k.to_ascii_lowercase().as_str() {
             "secret" => secret = Some(decode_base32(&v).ok_or(UriError::Secret)?),
             "issuer" => issuer = Some(v.trim().to_string()),
-            "algorithm" => algorithm = Algorithm::parse(&v).ok_or(UriError::Algorithm)?,
-            "digits" => {
-                digits = match v.trim().parse::<u32>() {
-                    Ok(d @ (6 | 8)) => d,
-                    _ => return Err(UriError::Digits),
-                }
-            }
-            "period" => {
-                period = match v.trim().parse::<u64>() {
-                    Ok(p @ 1..=86400) => p,
-                    _ => return Err(UriError::Period),
-                }
-            }
+            "algorithm" => algorithm = v.trim().to_string(),
+            "digits" => digits = v.trim().parse::<i64>().map_err(|_| UriError::Digits)?,
+            "period" => period = v.trim().parse::<i64>().map_err(|_| UriError::Period)?,
             _ => {} // image, counter, ...: not ours to judge
         }
     }
+    let params = Params::new(&algorithm, digits, period).map_err(|e| match e {
+        ParamError::Algorithm(_) => UriError::Algorithm,
+        ParamError::Digits(_) => UriError::Digits,
+        ParamError::Period(_) => UriError::Period,
+    })?;
     let secret = secret.ok_or(UriError::MissingSecret)?;
     let issuer = match (issuer, label_issuer) {
         (Some(p), Some(l)) if !l.is_empty() && p != l => {
@@ -125,11 +120,7 @@ pub fn parse(s: &str) -> Result<KeyUri, UriError> {
         secret,
         label: account,
         issuer,
-        params: Params {
-            algorithm,
-            digits,
-            period,
-        },
+        params,
     })
 }
 
@@ -139,11 +130,7 @@ mod tests {
 
     #[test]
     fn build_then_parse_round_trips() {
-        let p = Params {
-            algorithm: Algorithm::Sha512,
-            digits: 8,
-            period: 60,
-        };
+        let p = Params::new("SHA512", 8, 60).unwrap();
         let secret = b"0123456789abcdefghij";
         let u = build("Acme Corp", "uid:1000", secret, &p);
         assert!(u.starts_with("otpauth://totp/Acme%20Corp:uid%3A1000?algorithm=SHA512&digits=8&issuer=Acme%20Corp&period=60&secret="));
@@ -157,7 +144,7 @@ mod tests {
     #[test]
     fn defaults_and_refusals() {
         let k = parse("otpauth://totp/alice@example.com?secret=JBSWY3DPEHPK3PXP").unwrap();
-        assert_eq!(k.params.algorithm, Algorithm::Sha1);
+        assert_eq!(k.params.algorithm, crate::otp::Algorithm::Sha1);
         assert_eq!((k.params.digits, k.params.period), (6, 30));
         assert_eq!(k.issuer, None);
         assert_eq!(k.label, "alice@example.com");

@@ -5,18 +5,37 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
+use tower::Layer;
+use tracing::Instrument;
 
 use crate::api::{self, now, AppState, Ctx};
 use crate::auth::{self, Peer};
 
 /// Daemon facts the middleware needs beside the app state.
 #[derive(Clone)]
-pub struct MwState {
-    pub app: AppState,
-    pub daemon_uid: u32,
+struct MwState {
+    app: AppState,
+    daemon_uid: u32,
+}
+
+/// The whole HTTP application as a service: normalisation, then the middleware, then
+/// the router. The server runs one per connection (with the connection's [`Peer`] in
+/// the request's extensions); tests drive it in-process with `tower::ServiceExt::oneshot`.
+pub type App = tower::util::MapRequest<axum::Router, fn(Request) -> Request>;
+
+/// Builds the application on `state`. `daemon_uid` is the uid whose socket peers, like
+/// root's, get the `root` policy.
+pub fn app(state: AppState, daemon_uid: u32) -> App {
+    let mw = MwState {
+        app: state.clone(),
+        daemon_uid,
+    };
+    let router = api::router(state).layer(axum::middleware::from_fn_with_state(mw, middleware));
+    let rewrite: fn(Request) -> Request = normalize;
+    tower::util::MapRequestLayer::new(rewrite).layer(router)
 }
 
 /// Before routing: Vault's `LIST` verb becomes `GET ?list=true`, so both reach the same
@@ -63,24 +82,32 @@ fn request_id(req: &Request) -> String {
 
 /// Runs around every routed request: sets the request id (echoing the client's),
 /// works out the caller once for the handler, turns the routing layer's plain-text
-/// client errors into the surface's shape, and writes the request's log line.
-pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
+/// client errors into the surface's shape, and writes the request's log line. All of
+/// it runs in a span naming the request id and route, so every line logged while
+/// serving the request (a 500's included) says which request it belongs to.
+async fn middleware(State(st): State<MwState>, req: Request, next: Next) -> Response {
     let rid = request_id(&req);
-    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
-    let token = auth::token_from_headers(req.headers());
-    let caller = auth::resolve(&st.app.store, peer, token, st.daemon_uid, now()).await;
-    if let Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) = &caller {
-        tracing::error!(error = %e, request_id = %rid, "cannot resolve caller");
-    }
-    let ctx = Ctx::new(rid.clone(), caller);
-    let entity = ctx.entity().unwrap_or("-").to_string();
-    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "<unmatched>".into());
+    // Debug-quoted: client-chosen text cannot forge fields in the line.
+    let span = tracing::info_span!("request", request_id = ?rid, route = %route);
+    serve_request(st, rid, req, next).instrument(span).await
+}
+
+async fn serve_request(st: MwState, rid: String, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
+    let token = auth::token_from_headers(req.headers());
+    let caller = auth::resolve(st.app.store.as_ref(), peer, token, st.daemon_uid, now()).await;
+    if let Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) = &caller {
+        tracing::error!(error = %e, "cannot resolve caller");
+    }
+    let ctx = Ctx::new(rid.clone(), caller);
+    let entity = ctx.entity().unwrap_or("-").to_string();
+    let method = req.method().clone();
     req.extensions_mut().insert(ctx);
 
     let path = req.uri().path().to_string();
@@ -101,6 +128,12 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
             .unwrap_or_default();
         resp = api::error_for_path(&path, status, &text);
     }
+    // Overload is the only 503 there is, and it passes: say when to come back.
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
 
     st.app.metrics.request(resp.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -109,12 +142,9 @@ pub async fn middleware(State(st): State<MwState>, mut req: Request, next: Next)
     tracing::info!(
         target: "totpd::request",
         method = %method,
-        route = %route,
         status = resp.status().as_u16(),
         ms = format_args!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
-        // Debug-quoted: client-chosen text cannot forge fields in the line.
         entity = ?entity,
-        request_id = ?rid,
         "request"
     );
     resp

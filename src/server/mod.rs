@@ -1,24 +1,28 @@
-//! The daemon: prepares the data directory, key and store, binds the listeners, serves
-//! HTTP/1.1 on each connection, and shuts down cleanly on SIGTERM/SIGINT.
+//! The daemon: prepares the data directory, opens the store, binds the listeners and
+//! serves HTTP/1.1 on each connection until the shutdown future it is given resolves
+//! (`main` passes SIGTERM/SIGINT), then drains and closes the store.
 
 pub mod http;
 pub mod listen;
 mod systemd;
 
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::sync::Arc;
 use tokio::sync::watch;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, Peer};
 use crate::config::ServeConfig;
-use crate::store::{seal, Sealer, Store, StoreError, TokenRecord};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{KeySource, Store, StoreError, TokenRecord};
+use http::App;
 use listen::Listener;
 
 /// Requests in flight at shutdown get this long to finish.
@@ -29,8 +33,6 @@ pub enum ServerError {
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
-    Key(#[from] seal::SealError),
-    #[error("{0}")]
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Listen(String),
@@ -40,44 +42,51 @@ pub enum ServerError {
     Io(String),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(cfg: ServeConfig, inherited: Vec<listen::Inherited>) -> Result<(), ServerError> {
-    let mut signals = Signals::install()?;
+/// Runs the daemon as configured until `shutdown` resolves.
+pub async fn daemon(
+    cfg: ServeConfig,
+    inherited: Vec<listen::Inherited>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     prepare_dirs(&cfg)?;
-    let _lock = lock_database(&cfg.db)?;
-
-    let has_key = cfg
-        .credentials_dir
-        .as_ref()
-        .is_some_and(|d| d.join("totpd.key").exists())
-        || cfg.key_file.exists();
-    if cfg.db.exists() && !has_key {
-        return Err(ServerError::Config(format!(
-            "database {} exists but its key file {} is missing; refusing to create a new key that could not open it",
-            cfg.db.display(),
-            cfg.key_file.display()
-        )));
-    }
-    let (key, key_from, key_created) =
-        seal::load_or_create_key(cfg.credentials_dir.as_deref(), &cfg.key_file)?;
-    if key_created {
-        tracing::info!(path = %key_from.display(), "created a new sealing key");
-    }
-    let db = cfg.db.clone();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&db, Sealer::new(&key)))
+    let opts = SqliteOptions {
+        readers: cfg.readers.unwrap_or(SqliteOptions::new(&cfg.db).readers),
+        read_queue: cfg
+            .read_queue
+            .unwrap_or(SqliteOptions::new(&cfg.db).read_queue),
+        ..SqliteOptions::new(&cfg.db)
+    };
+    let keys = KeySource {
+        credentials_dir: cfg.credentials_dir.clone(),
+        key_file: cfg.key_file.clone(),
+    };
+    let (opened, key) = tokio::task::spawn_blocking(move || SqliteStore::open_with_keys(&opts, &keys))
         .await
         .map_err(|e| ServerError::Io(e.to_string()))?
         .map_err(|e| match e {
             StoreError::WrongKey => ServerError::Config(format!(
                 "the key in {} does not open database {}: it is not the key this database was created with",
-                key_from.display(),
+                cfg.key_file.display(),
                 cfg.db.display()
             )),
             other => ServerError::Store(other),
         })?;
-    let store = opened.store;
+    if key.created {
+        tracing::info!(path = %key.path.display(), "created a new sealing key");
+    }
+    let store: Arc<dyn Store> = opened.store;
 
-    let result = serve(&cfg, &store, opened.created, inherited, &mut signals).await;
+    let result = async {
+        if cfg.dev && opened.created {
+            create_root_token(&cfg, store.as_ref()).await?;
+        }
+        let listeners = bind(&cfg, inherited).await?;
+        let state = AppState::new(store.clone());
+        let app = http::app(state, nix::unistd::getuid().as_raw());
+        run(listeners, app, cfg.header_timeout, shutdown).await;
+        Ok(())
+    }
+    .await;
     // Queued writes finish before the connection closes.
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
@@ -85,17 +94,11 @@ pub async fn run(cfg: ServeConfig, inherited: Vec<listen::Inherited>) -> Result<
     result
 }
 
-async fn serve(
+/// The listeners systemd passed, else the configured Unix socket; plus TCP if asked.
+async fn bind(
     cfg: &ServeConfig,
-    store: &Store,
-    created: bool,
     inherited: Vec<listen::Inherited>,
-    signals: &mut Signals,
-) -> Result<(), ServerError> {
-    if cfg.dev && created {
-        create_root_token(cfg, store).await?;
-    }
-
+) -> Result<Vec<Listener>, ServerError> {
     let mut listeners = inherited
         .into_iter()
         .map(listen::Inherited::into_listener)
@@ -110,23 +113,21 @@ async fn serve(
     if let Some(addr) = cfg.listen {
         listeners.push(listen::bind_tcp(addr).await?);
     }
+    Ok(listeners)
+}
+
+/// Serves `app` on every listener until `shutdown` resolves; then stops accepting,
+/// removes the socket files it created, and lets requests in flight finish (at most
+/// [`DRAIN_TIMEOUT`]).
+pub async fn run(
+    listeners: Vec<Listener>,
+    app: App,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     for l in &listeners {
         tracing::info!(listener = %l.describe(), "listening");
     }
-
-    let app_state = AppState {
-        store: store.clone(),
-        metrics: Default::default(),
-    };
-    let mw = http::MwState {
-        app: app_state.clone(),
-        daemon_uid: nix::unistd::getuid().as_raw(),
-    };
-    let router =
-        api::router(app_state).layer(axum::middleware::from_fn_with_state(mw, http::middleware));
-    let rewrite: fn(axum::extract::Request) -> axum::extract::Request = http::normalize;
-    let app = tower::util::MapRequestLayer::new(rewrite).layer(router);
-
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut owned_paths = Vec::new();
@@ -142,14 +143,14 @@ async fn serve(
         accept_tasks.push(tokio::spawn(accept_loop(
             l,
             app.clone(),
-            cfg.header_timeout,
+            header_timeout,
             graceful.clone(),
             stop_rx.clone(),
         )));
     }
     systemd::notify("READY=1");
 
-    signals.wait().await;
+    shutdown.await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -170,11 +171,7 @@ async fn serve(
             tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
         }
     }
-    Ok(())
 }
-
-type App =
-    tower::util::MapRequest<axum::Router, fn(axum::extract::Request) -> axum::extract::Request>;
 
 async fn accept_loop(
     listener: Listener,
@@ -256,52 +253,6 @@ fn serve_conn<S>(
     });
 }
 
-/// SIGTERM and SIGINT, caught from the very start: a signal that arrives while the
-/// daemon is still starting must lead to a clean stop, not the default kill.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self, ServerError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let err =
-            |e: std::io::Error| ServerError::Io(format!("cannot install signal handlers: {e}"));
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).map_err(err)?,
-            int: signal(SignalKind::interrupt()).map_err(err)?,
-        })
-    }
-
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM"),
-            _ = self.int.recv() => tracing::info!("SIGINT"),
-        }
-    }
-}
-
-/// An exclusive lock on `<db>.lock` for the life of the process: one daemon per
-/// database, so the single writer really is single.
-fn lock_database(db: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
-    let path = PathBuf::from(format!("{}.lock", db.display()));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| ServerError::Io(format!("cannot open {}: {e}", path.display())))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        ServerError::Config(format!(
-            "database {} is in use by another totpd (lock {} is held)",
-            db.display(),
-            path.display()
-        ))
-    })
-}
-
 fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
     let mk = |p: &std::path::Path| {
         std::fs::DirBuilder::new()
@@ -329,10 +280,10 @@ fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
 
 /// With --dev on a new database: a root token, written 0600 to <data-dir>/root-token
 /// and printed once.
-async fn create_root_token(cfg: &ServeConfig, store: &Store) -> Result<(), ServerError> {
+async fn create_root_token(cfg: &ServeConfig, store: &dyn Store) -> Result<(), ServerError> {
     let token = auth::new_token().map_err(|e| ServerError::Io(e.to_string()))?;
     store
-        .create_token(TokenRecord {
+        .create_token(&TokenRecord {
             hash: auth::hash_token(&token),
             accessor: uuid::Uuid::new_v4().simple().to_string(),
             entity_id: "root".into(),

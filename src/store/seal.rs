@@ -88,38 +88,75 @@ impl Sealer {
     }
 }
 
-/// Where the key comes from, in order: a systemd credential, the configured file,
-/// or a new key written (mode 0600) to the configured file on first start.
-pub fn load_or_create_key(
-    credentials_dir: Option<&Path>,
-    key_file: &Path,
-) -> Result<([u8; KEY_LEN], PathBuf, bool), SealError> {
-    if let Some(dir) = credentials_dir {
-        let p = dir.join("totpd.key");
-        if p.exists() {
-            return Ok((read_key(&p)?, p, false));
+/// Where the sealing key comes from, in order: a systemd credential
+/// (`$CREDENTIALS_DIRECTORY/totpd.key`), the configured file, or a new key written
+/// (mode 0600) to the configured file on first start.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    pub credentials_dir: Option<PathBuf>,
+    pub key_file: PathBuf,
+}
+
+/// A key as loaded, with where it came from.
+pub struct LoadedKey {
+    pub key: [u8; KEY_LEN],
+    pub path: PathBuf,
+    /// True when the key was made just now.
+    pub created: bool,
+}
+
+impl KeySource {
+    fn credential(&self) -> Option<PathBuf> {
+        self.credentials_dir
+            .as_ref()
+            .map(|d| d.join("totpd.key"))
+            .filter(|p| p.exists())
+    }
+
+    /// Whether a key exists already (so none would be created).
+    pub fn exists(&self) -> bool {
+        self.credential().is_some() || self.key_file.exists()
+    }
+
+    /// The key, made and written on first use.
+    pub fn load_or_create(&self) -> Result<LoadedKey, SealError> {
+        if let Some(p) = self.credential() {
+            return Ok(LoadedKey {
+                key: read_key(&p)?,
+                path: p,
+                created: false,
+            });
         }
+        let key_file = &self.key_file;
+        if key_file.exists() {
+            return Ok(LoadedKey {
+                key: read_key(key_file)?,
+                path: key_file.clone(),
+                created: false,
+            });
+        }
+        let mut key = [0u8; KEY_LEN];
+        getrandom::getrandom(&mut key).map_err(|_| SealError::Rng)?;
+        let err = |e: std::io::Error| SealError::KeyFile {
+            path: key_file.clone(),
+            reason: e.to_string(),
+        };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(key_file)
+            .map_err(err)?;
+        f.write_all(data_encoding::HEXLOWER.encode(&key).as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .and_then(|_| f.sync_all())
+            .map_err(err)?;
+        Ok(LoadedKey {
+            key,
+            path: key_file.clone(),
+            created: true,
+        })
     }
-    if key_file.exists() {
-        return Ok((read_key(key_file)?, key_file.to_path_buf(), false));
-    }
-    let mut key = [0u8; KEY_LEN];
-    getrandom::getrandom(&mut key).map_err(|_| SealError::Rng)?;
-    let err = |e: std::io::Error| SealError::KeyFile {
-        path: key_file.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(key_file)
-        .map_err(err)?;
-    f.write_all(data_encoding::HEXLOWER.encode(&key).as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .and_then(|_| f.sync_all())
-        .map_err(err)?;
-    Ok((key, key_file.to_path_buf(), true))
 }
 
 /// A key file holds 32 raw bytes or 64 hex digits (surrounding whitespace ignored).
@@ -173,20 +210,25 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
-        let (k1, _, created) = load_or_create_key(None, &p).unwrap();
-        assert!(created);
+        let src = |cred: Option<&Path>| KeySource {
+            credentials_dir: cred.map(Path::to_path_buf),
+            key_file: p.clone(),
+        };
+        let k1 = src(None).load_or_create().unwrap();
+        assert!(k1.created);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let (k2, _, created) = load_or_create_key(None, &p).unwrap();
-        assert!(!created);
-        assert_eq!(k1, k2);
+        let k2 = src(None).load_or_create().unwrap();
+        assert!(!k2.created);
+        assert_eq!(k1.key, k2.key);
         // A systemd credential wins over the key file.
         let cred = tempfile::tempdir().unwrap();
         fs::write(cred.path().join("totpd.key"), [9u8; KEY_LEN]).unwrap();
-        let (k3, from, _) = load_or_create_key(Some(cred.path()), &p).unwrap();
-        assert_eq!(k3, [9u8; KEY_LEN]);
+        let k3 = src(Some(cred.path())).load_or_create().unwrap();
+        assert_eq!(k3.key, [9u8; KEY_LEN]);
+        let from = k3.path;
         assert!(from.starts_with(cred.path()));
     }
 }

@@ -1,30 +1,24 @@
-//! Agent secrets: an authenticator app for agents. Every operation is scoped to the
+//! Agent secrets: an authenticator app for agents. Every statement is scoped to the
 //! owning entity, so another entity's id behaves exactly like an unknown one.
 
+use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{otp_secrets, Store, StoreError};
-use crate::otp::{Algorithm, Params};
+use super::otp_secrets::{self, params_of_row};
+use super::SqliteStore;
+use crate::otp::Params;
+use crate::store::{AgentSecretInfo, AgentStore, StoreError};
 
-/// What an owner may see of a stored agent secret (never the secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentSecretInfo {
-    pub id: String,
-    pub label: String,
-    pub issuer: Option<String>,
-    pub params: Params,
-    pub created_at: i64,
-}
-
-impl Store {
-    /// Stores a new agent secret for `entity_id`.
-    pub async fn agent_create(
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn create_agent_secret(
         &self,
-        entity_id: String,
-        info: AgentSecretInfo,
-        secret: Vec<u8>,
+        entity_id: &str,
+        info: &AgentSecretInfo,
+        secret: &[u8],
     ) -> Result<(), StoreError> {
-        let sealer = self.inner.sealer.clone();
+        let (entity_id, info, secret) = (entity_id.to_string(), info.clone(), secret.to_vec());
+        let sealer = self.sealer.clone();
         self.write(move |c| {
             otp_secrets::insert(c, &sealer, &info.id, &secret, &info.params, info.created_at)?;
             c.execute(
@@ -36,8 +30,11 @@ impl Store {
         .await
     }
 
-    /// The entity's secrets, oldest first.
-    pub async fn agent_list(&self, entity_id: String) -> Result<Vec<AgentSecretInfo>, StoreError> {
+    async fn list_agent_secrets(
+        &self,
+        entity_id: &str,
+    ) -> Result<Vec<AgentSecretInfo>, StoreError> {
+        let entity_id = entity_id.to_string();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT a.id, a.label, a.issuer, s.algorithm, s.digits, s.period, a.created_at
@@ -58,18 +55,11 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (id, label, issuer, alg, digits, period, created_at) = row?;
-                let algorithm = Algorithm::parse(&alg).ok_or_else(|| {
-                    StoreError::Corrupt(format!("otp_secrets {id}: algorithm {alg:?}"))
-                })?;
                 out.push(AgentSecretInfo {
+                    params: params_of_row("otp_secrets", &id, &alg, digits, period)?,
                     id,
                     label,
                     issuer,
-                    params: Params {
-                        algorithm,
-                        digits: digits as u32,
-                        period: period.max(1) as u64,
-                    },
                     created_at,
                 });
             }
@@ -78,9 +68,10 @@ impl Store {
         .await
     }
 
-    /// Deletes the entity's secret `id`; false if it has none by that id.
-    pub async fn agent_delete(&self, entity_id: String, id: String) -> Result<bool, StoreError> {
+    async fn delete_agent_secret(&self, entity_id: &str, id: &str) -> Result<bool, StoreError> {
+        let (entity_id, id) = (entity_id.to_string(), id.to_string());
         self.write(move |c| {
+            // CASCADE removes the agent_secrets row with it.
             let n = c.execute(
                 "DELETE FROM otp_secrets WHERE id = ?1
                  AND id IN (SELECT id FROM agent_secrets WHERE id = ?1 AND entity_id = ?2)",
@@ -91,13 +82,13 @@ impl Store {
         .await
     }
 
-    /// The opened secret `id` of the entity, with its parameters.
-    pub async fn agent_secret(
+    async fn get_agent_secret(
         &self,
-        entity_id: String,
-        id: String,
+        entity_id: &str,
+        id: &str,
     ) -> Result<Option<(Vec<u8>, Params)>, StoreError> {
-        let sealer = self.inner.sealer.clone();
+        let (entity_id, id) = (entity_id.to_string(), id.to_string());
+        let sealer = self.sealer.clone();
         self.read(move |c| {
             let owned = c
                 .prepare_cached("SELECT 1 FROM agent_secrets WHERE id = ?1 AND entity_id = ?2")?

@@ -3,12 +3,24 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Sealer, StoreError};
-use crate::otp::{self, Algorithm, Outcome, Params, VerifyState, Window};
+use crate::otp::{self, Outcome, Params, VerifyState, Window};
+use crate::store::{Sealer, StoreError};
 
 /// Associated data binding a sealed secret to its row.
 pub(super) fn aad(id: &str) -> String {
     format!("totpd/v1/otp_secrets/{id}")
+}
+
+/// Code parameters read back from a row, checked like any client's.
+pub(super) fn params_of_row(
+    table: &str,
+    id: &str,
+    algorithm: &str,
+    digits: i64,
+    period: i64,
+) -> Result<Params, StoreError> {
+    Params::new(algorithm, digits, period)
+        .map_err(|e| StoreError::Corrupt(format!("{table} {id}: {e}")))
 }
 
 /// Inserts a new secret row, sealed for `id`.
@@ -64,15 +76,9 @@ fn load(c: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
     let Some((sealed, alg, digits, period, last_step, failures, locked_until)) = row else {
         return Ok(None);
     };
-    let algorithm = Algorithm::parse(&alg)
-        .ok_or_else(|| StoreError::Corrupt(format!("otp_secrets {id}: algorithm {alg:?}")))?;
     Ok(Some(Row {
         sealed,
-        params: Params {
-            algorithm,
-            digits: digits as u32,
-            period: period.max(1) as u64,
-        },
+        params: params_of_row("otp_secrets", id, &alg, digits, period)?,
         state: VerifyState {
             last_step,
             failures: failures.max(0) as u32,
@@ -94,8 +100,9 @@ pub(super) fn open(
     Ok(Some((secret, row.params)))
 }
 
-/// Checks `code` and records the outcome, inside the caller's write transaction. The
-/// writer runs one operation at a time, so two requests with one code cannot both pass.
+/// Checks `code` with [`otp::verify`] and records the new state, inside the caller's
+/// write operation. The writer runs one operation at a time, so two requests with one
+/// code cannot both pass.
 pub(super) fn check_and_record(
     c: &Connection,
     sealer: &Sealer,

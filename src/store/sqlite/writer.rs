@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Most operations folded into one transaction; bounds the latency one batch adds.
 const MAX_BATCH: usize = 256;
@@ -143,6 +143,6 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         let _ = conn.execute_batch("ROLLBACK");
     }
     for reply in replies {
-        reply(commit.clone().map_err(StoreError::Sqlite));
+        reply(commit.clone().map_err(StoreError::Backend));
     }
 }

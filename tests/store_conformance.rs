@@ -1,0 +1,1027 @@
+//! Conformance suite for the storage traits (`totpd::store::Store`).
+//!
+//! Every case talks only to an `Arc<dyn Store>`, so each backend must pass it unchanged:
+//! every operation of `TokenStore`, `PolicyStore`, `MfaStore` and `AgentStore` does what
+//! its doc comment says, the "atomic against every concurrent call" rules hold under 64
+//! concurrent callers (one right code is accepted exactly once, no failure goes
+//! uncounted, a method name is won by exactly one create), replay state survives a close
+//! and reopen, a database refuses a key it was not created with, and a closed store
+//! refuses work with `Closed`.
+//!
+//! A backend joins by implementing [`Backend`] (open the same database on every call)
+//! and adding one `mod name { conformance_suite!(fixture expression); }` line at the end.
+//! Times are fixed (`NOW`); nothing here reads the clock.
+
+use std::sync::Arc;
+
+use totpd::otp::{code_at, Outcome, Params, Refusal};
+use totpd::store::sqlite::{SqliteOptions, SqliteStore};
+use totpd::store::{
+    AgentSecretInfo, Clash, Enrollment, MethodRecord, Sealer, Store, StoreError, Thing, TokenRecord,
+};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------
+
+/// A database under test. One instance is one database, fresh for each test.
+trait Backend {
+    /// Opens the suite's database with the sealing key `[key; 32]`. Every call opens the
+    /// same database, so a case can close the store and open it again. Blocking.
+    fn open(&self, key: u8) -> Result<Arc<dyn Store>, StoreError>;
+}
+
+/// SQLite in a temporary directory that lives as long as the test.
+struct SqliteBackend {
+    dir: tempfile::TempDir,
+}
+
+impl SqliteBackend {
+    fn new() -> Self {
+        SqliteBackend {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn open(&self, key: u8) -> Result<Arc<dyn Store>, StoreError> {
+        let opts = SqliteOptions::new(self.dir.path().join("totpd.db"));
+        let opened = SqliteStore::open(&opts, Sealer::new(&[key; 32]))?;
+        let store: Arc<dyn Store> = opened.store;
+        Ok(store)
+    }
+}
+
+/// Instantiates every case as a test for one backend fixture (an expression building a
+/// fresh `impl Backend`, evaluated once per test).
+macro_rules! conformance_suite {
+    ($fixture:expr) => {
+        conformance_suite!(@cases $fixture;
+            case_tokens_create_get_expire_sweep,
+            case_tokens_duplicates_refused,
+            case_token_revoke_cascades,
+            case_policies,
+            case_methods_create_get_list,
+            case_methods_update,
+            case_methods_delete,
+            case_mfa_secret_enrollment,
+            case_mfa_secret_delete,
+            case_mfa_check_outcomes,
+            case_agent_secrets,
+            case_concurrent_right_code_accepted_once,
+            case_concurrent_wrong_codes_all_counted,
+            case_replay_refused_after_reopen,
+            case_concurrent_creates_one_name_one_winner,
+            case_wrong_key_refused,
+            case_closed_store_refuses,
+        );
+    };
+    (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
+        $(
+            // Multi-threaded: the concurrency cases need real parallelism, and opening
+            // uses `block_in_place`, which only this flavour allows.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let backend = $fixture;
+                crate::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+mod sqlite {
+    conformance_suite!(crate::SqliteBackend::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// A fixed "current" time for every case.
+const NOW: i64 = 1_700_000_000;
+/// The key the suite's databases are created with.
+const KEY: u8 = 1;
+
+/// Opens the backend off the async workers (opening blocks).
+fn try_open(b: &dyn Backend, key: u8) -> Result<Arc<dyn Store>, StoreError> {
+    tokio::task::block_in_place(|| b.open(key))
+}
+
+fn open(b: &dyn Backend) -> Arc<dyn Store> {
+    try_open(b, KEY).unwrap_or_else(|e| panic!("opening the store: {e:?}"))
+}
+
+/// Closes the store off the async workers (closing blocks until writes are done).
+async fn close(s: &Arc<dyn Store>) {
+    let s = Arc::clone(s);
+    tokio::task::spawn_blocking(move || s.close())
+        .await
+        .expect("close panicked");
+}
+
+/// Asserts that `$result` is `Err` matching `$pattern`, printing what it was otherwise.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!("expected Err({}), got {:?}", stringify!($pattern), other),
+        }
+    };
+}
+
+fn params() -> Params {
+    Params::new("SHA1", 6, 30).unwrap()
+}
+
+/// A method with a fresh id. Skew 0, so exactly one code is right at any time and the
+/// accepted step is known exactly.
+fn method(name: Option<&str>, max_attempts: u32) -> MethodRecord {
+    MethodRecord {
+        id: Uuid::new_v4().to_string(),
+        name: name.map(str::to_owned),
+        issuer: "Conformance".into(),
+        params: params(),
+        key_size: 20,
+        qr_size: 0,
+        skew: 0,
+        max_validation_attempts: max_attempts,
+        created_at: NOW,
+    }
+}
+
+/// A well-formed code that is not right for `secret` at `now` under `skew`: the first of
+/// 000000, 111111, ... that no step in the window produces (three steps at most, ten
+/// candidates, so one always exists). Deterministic, unlike a random guess.
+fn wrong_code(secret: &[u8], p: &Params, skew: u32, now: i64) -> String {
+    let skew = i64::from(skew);
+    let right: Vec<String> = (-skew..=skew)
+        .map(|k| code_at(secret, p, now + k * p.period as i64))
+        .collect();
+    (0..10)
+        .map(|d: u32| d.to_string().repeat(p.digits as usize))
+        .find(|c| !right.contains(c))
+        .expect("a wrong code among ten candidates")
+}
+
+/// Creates `m` and enrolls `entity`, returning the secret.
+async fn enrolled(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) -> Vec<u8> {
+    s.create_method(m).await.expect("create_method");
+    match s.create_mfa_secret(&m.id, entity, NOW).await {
+        Ok(Enrollment::Created { secret, .. }) => secret,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+fn token(hash: &str, accessor: &str, parent: Option<&str>, expires_at: Option<i64>) -> TokenRecord {
+    TokenRecord {
+        hash: hash.into(),
+        accessor: accessor.into(),
+        entity_id: format!("entity-of-{accessor}"),
+        display_name: format!("token {accessor}"),
+        policies: vec!["default".into(), "ops".into()],
+        created_at: NOW,
+        expires_at,
+        parent: parent.map(str::to_owned),
+    }
+}
+
+fn agent_info(label: &str, issuer: Option<&str>, created_at: i64) -> AgentSecretInfo {
+    AgentSecretInfo {
+        id: Uuid::new_v4().to_string(),
+        label: label.into(),
+        issuer: issuer.map(str::to_owned),
+        params: Params::new("SHA256", 8, 60).unwrap(),
+        created_at,
+    }
+}
+
+/// Outcomes of concurrent calls, counted by kind.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: usize,
+    malformed: usize,
+    invalid: usize,
+    replay: usize,
+    locked: usize,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn of(results: Vec<Result<Outcome, StoreError>>) -> Tally {
+        let mut t = Tally::default();
+        for r in results {
+            match r {
+                Ok(Outcome::Accepted { .. }) => t.accepted += 1,
+                Ok(Outcome::Refused(Refusal::Malformed)) => t.malformed += 1,
+                Ok(Outcome::Refused(Refusal::Invalid)) => t.invalid += 1,
+                Ok(Outcome::Refused(Refusal::Replay)) => t.replay += 1,
+                Ok(Outcome::Refused(Refusal::Locked)) => t.locked += 1,
+                Err(e) => t.errors.push(format!("{e:?}")),
+            }
+        }
+        t
+    }
+}
+
+/// Runs `n` concurrent checks of `code` for `entity` at `now`, each in its own task,
+/// released together by a barrier so they really contend.
+async fn concurrent_checks(
+    s: &Arc<dyn Store>,
+    method_id: &str,
+    entity: &str,
+    code: &str,
+    now: i64,
+    n: usize,
+) -> Vec<Result<Outcome, StoreError>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (s, barrier) = (Arc::clone(s), Arc::clone(&barrier));
+            let (method_id, entity, code) =
+                (method_id.to_owned(), entity.to_owned(), code.to_owned());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.check_and_record_mfa_code(&method_id, &entity, &code, now)
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for t in tasks {
+        results.push(t.await.expect("check task panicked"));
+    }
+    results
+}
+
+// ---------------------------------------------------------------------------------------
+// TokenStore
+// ---------------------------------------------------------------------------------------
+
+async fn case_tokens_create_get_expire_sweep(b: &dyn Backend) {
+    let s = open(b);
+    let forever = token("hash-forever", "acc-forever", None, None);
+    let short = token("hash-short", "acc-short", None, Some(NOW + 100));
+    let long = token("hash-long", "acc-long", None, Some(NOW + 10_000));
+    for t in [&forever, &short, &long] {
+        s.create_token(t).await.expect("create_token");
+    }
+
+    assert_eq!(
+        s.get_token("hash-forever", NOW).await.unwrap(),
+        Some(forever.clone())
+    );
+    assert_eq!(s.get_token("no-such-hash", NOW).await.unwrap(), None);
+
+    // Expiry is judged by the caller's `now`, not the row's presence.
+    assert_eq!(
+        s.get_token("hash-short", NOW + 99).await.unwrap(),
+        Some(short.clone())
+    );
+    assert_eq!(s.get_token("hash-short", NOW + 101).await.unwrap(), None);
+    // Still stored: asked at an earlier time it is there.
+    assert_eq!(
+        s.get_token("hash-short", NOW).await.unwrap(),
+        Some(short.clone())
+    );
+
+    // A create at a later time sweeps out tokens expired by then. Seen through the trait:
+    // asked at a time before its expiry, a swept token is gone.
+    let mut later = token("hash-later", "acc-later", None, None);
+    later.created_at = NOW + 200;
+    s.create_token(&later).await.unwrap();
+    assert_eq!(
+        s.get_token("hash-short", NOW).await.unwrap(),
+        None,
+        "an expired token must be swept by a later create_token"
+    );
+    // Tokens not yet expired, or never expiring, survive the sweep.
+    assert_eq!(s.get_token("hash-long", NOW).await.unwrap(), Some(long));
+    assert_eq!(
+        s.get_token("hash-forever", NOW + 200).await.unwrap(),
+        Some(forever)
+    );
+    assert_eq!(
+        s.get_token("hash-later", NOW + 200).await.unwrap(),
+        Some(later)
+    );
+    close(&s).await;
+}
+
+async fn case_tokens_duplicates_refused(b: &dyn Backend) {
+    let s = open(b);
+    s.create_token(&token("hash-1", "acc-1", None, None))
+        .await
+        .unwrap();
+
+    // Same accessor, new hash.
+    assert_err!(
+        s.create_token(&token("hash-2", "acc-1", None, None)).await,
+        StoreError::Conflict(Clash::Duplicate)
+    );
+    assert_eq!(
+        s.get_token("hash-2", NOW).await.unwrap(),
+        None,
+        "a refused token is not stored"
+    );
+
+    // Same hash, new accessor.
+    assert_err!(
+        s.create_token(&token("hash-1", "acc-2", None, None)).await,
+        StoreError::Conflict(Clash::Duplicate)
+    );
+    assert_eq!(
+        s.get_token("hash-1", NOW)
+            .await
+            .unwrap()
+            .map(|t| t.accessor),
+        Some("acc-1".to_string()),
+        "the original token is untouched"
+    );
+    close(&s).await;
+}
+
+async fn case_token_revoke_cascades(b: &dyn Backend) {
+    let s = open(b);
+    // root ─┬─ child-a ── grandchild
+    //       └─ child-b
+    // other ── other-child
+    let tree = [
+        token("h-root", "a-root", None, None),
+        token("h-child-a", "a-child-a", Some("a-root"), None),
+        token("h-child-b", "a-child-b", Some("a-root"), None),
+        token("h-grandchild", "a-grandchild", Some("a-child-a"), None),
+        token("h-other", "a-other", None, None),
+        token("h-other-child", "a-other-child", Some("a-other"), None),
+    ];
+    for t in &tree {
+        s.create_token(t).await.unwrap();
+    }
+
+    // A leaf goes alone.
+    assert_eq!(s.revoke_token("h-child-b").await.unwrap(), 1);
+    assert_eq!(s.get_token("h-child-b", NOW).await.unwrap(), None);
+    assert!(
+        s.get_token("h-root", NOW).await.unwrap().is_some(),
+        "revoking a child spares its parent"
+    );
+
+    // The root takes its child and its grandchild (two depths).
+    assert_eq!(s.revoke_token("h-root").await.unwrap(), 3);
+    for h in ["h-root", "h-child-a", "h-grandchild"] {
+        assert_eq!(
+            s.get_token(h, NOW).await.unwrap(),
+            None,
+            "{h} should be revoked"
+        );
+    }
+    for h in ["h-other", "h-other-child"] {
+        assert!(
+            s.get_token(h, NOW).await.unwrap().is_some(),
+            "{h} is in another tree"
+        );
+    }
+
+    assert_eq!(
+        s.revoke_token("h-root").await.unwrap(),
+        0,
+        "already revoked"
+    );
+    assert_eq!(s.revoke_token("no-such-hash").await.unwrap(), 0);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// PolicyStore
+// ---------------------------------------------------------------------------------------
+
+async fn case_policies(b: &dyn Backend) {
+    let s = open(b);
+    let doc =
+        |cap: &str| serde_json::json!({"path": {"sys/*": {"capabilities": [cap]}}}).to_string();
+
+    assert_eq!(s.get_policy("ops").await.unwrap(), None);
+    assert_eq!(s.list_policies().await.unwrap(), Vec::<String>::new());
+
+    s.put_policy("ops", &doc("read"), NOW).await.unwrap();
+    assert_eq!(s.get_policy("ops").await.unwrap(), Some(doc("read")));
+    // Replacing keeps one row with the new document.
+    s.put_policy("ops", &doc("update"), NOW + 1).await.unwrap();
+    assert_eq!(s.get_policy("ops").await.unwrap(), Some(doc("update")));
+    assert_eq!(s.list_policies().await.unwrap(), vec!["ops".to_string()]);
+
+    // Inserted out of order; listed sorted.
+    s.put_policy("zeta", &doc("list"), NOW).await.unwrap();
+    s.put_policy("audit", &doc("sudo"), NOW).await.unwrap();
+    assert_eq!(
+        s.list_policies().await.unwrap(),
+        vec!["audit", "ops", "zeta"]
+    );
+
+    // Only the existing ones come back; their order is not promised.
+    let mut got = s
+        .get_policies(&["ops".into(), "missing".into(), "audit".into()])
+        .await
+        .unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("audit".to_string(), doc("sudo")),
+            ("ops".to_string(), doc("update"))
+        ]
+    );
+    assert_eq!(
+        s.get_policies(&[]).await.unwrap(),
+        Vec::<(String, String)>::new()
+    );
+
+    assert!(s.delete_policy("ops").await.unwrap());
+    assert!(
+        !s.delete_policy("ops").await.unwrap(),
+        "second delete finds nothing"
+    );
+    assert!(!s.delete_policy("never-was").await.unwrap());
+    assert_eq!(s.get_policy("ops").await.unwrap(), None);
+    assert_eq!(s.list_policies().await.unwrap(), vec!["audit", "zeta"]);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// MfaStore: methods
+// ---------------------------------------------------------------------------------------
+
+async fn case_methods_create_get_list(b: &dyn Backend) {
+    let s = open(b);
+    // Every field away from the helper's defaults, so a dropped column shows.
+    let full = MethodRecord {
+        params: Params::new("SHA512", 8, 60).unwrap(),
+        issuer: "Full".into(),
+        key_size: 32,
+        qr_size: 200,
+        skew: 1,
+        created_at: NOW - 5,
+        ..method(Some("full"), 7)
+    };
+    let unnamed = method(None, 5);
+    let other_unnamed = method(None, 5); // several methods may have no name
+    for m in [&full, &unnamed, &other_unnamed] {
+        s.create_method(m).await.expect("create_method");
+    }
+
+    assert_eq!(s.get_method(&full.id).await.unwrap(), Some(full.clone()));
+    assert_eq!(
+        s.get_method(&unnamed.id).await.unwrap(),
+        Some(unnamed.clone())
+    );
+    assert_eq!(s.get_method("no-such-method").await.unwrap(), None);
+
+    let mut expected = vec![full, unnamed, other_unnamed];
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        s.list_methods().await.unwrap(),
+        expected,
+        "every method, ordered by id"
+    );
+
+    // Name taken on create: refused, nothing stored.
+    let clash = method(Some("full"), 5);
+    assert_err!(
+        s.create_method(&clash).await,
+        StoreError::Conflict(Clash::NameTaken)
+    );
+    assert_eq!(s.get_method(&clash.id).await.unwrap(), None);
+    assert_eq!(s.list_methods().await.unwrap().len(), 3);
+    close(&s).await;
+}
+
+async fn case_methods_update(b: &dyn Backend) {
+    let s = open(b);
+    let alpha = method(Some("alpha"), 5);
+    let beta = method(Some("beta"), 5);
+    s.create_method(&alpha).await.unwrap();
+    s.create_method(&beta).await.unwrap();
+
+    // name None keeps the name; every other setting is replaced.
+    let changed = MethodRecord {
+        name: None,
+        issuer: "Changed".into(),
+        params: Params::new("SHA256", 8, 60).unwrap(),
+        key_size: 32,
+        qr_size: 100,
+        skew: 1,
+        max_validation_attempts: 9,
+        ..alpha.clone()
+    };
+    s.update_method(&changed).await.unwrap();
+    let want = MethodRecord {
+        name: Some("alpha".into()),
+        ..changed.clone()
+    };
+    assert_eq!(s.get_method(&alpha.id).await.unwrap(), Some(want.clone()));
+
+    // Renaming onto another method's name: refused, nothing changed.
+    let onto_beta = MethodRecord {
+        name: Some("beta".into()),
+        issuer: "Should not land".into(),
+        ..alpha.clone()
+    };
+    assert_err!(
+        s.update_method(&onto_beta).await,
+        StoreError::Conflict(Clash::NameTaken)
+    );
+    assert_eq!(s.get_method(&alpha.id).await.unwrap(), Some(want));
+
+    // A method keeping its own name is no clash.
+    s.update_method(&beta)
+        .await
+        .expect("update with its own name");
+
+    // A rename frees the old name.
+    let renamed = MethodRecord {
+        name: Some("gamma".into()),
+        ..alpha.clone()
+    };
+    s.update_method(&renamed).await.unwrap();
+    assert_eq!(s.get_method(&alpha.id).await.unwrap(), Some(renamed));
+    s.create_method(&method(Some("alpha"), 5))
+        .await
+        .expect("the old name is free after a rename");
+
+    assert_err!(
+        s.update_method(&method(Some("delta"), 5)).await,
+        StoreError::NotFound(Thing::Method)
+    );
+    close(&s).await;
+}
+
+async fn case_methods_delete(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("held"), 5);
+    enrolled(&s, &m, "entity-1").await;
+
+    assert_err!(
+        s.delete_method("no-such-method").await,
+        StoreError::NotFound(Thing::Method)
+    );
+
+    // While an entity holds a secret for it, the method stays.
+    assert_err!(
+        s.delete_method(&m.id).await,
+        StoreError::Conflict(Clash::InUse)
+    );
+    assert_eq!(s.get_method(&m.id).await.unwrap(), Some(m.clone()));
+
+    assert!(s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
+    s.delete_method(&m.id)
+        .await
+        .expect("delete once no secret is held");
+    assert_eq!(s.get_method(&m.id).await.unwrap(), None);
+    assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
+    assert_err!(
+        s.delete_method(&m.id).await,
+        StoreError::NotFound(Thing::Method)
+    );
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// MfaStore: secrets and codes
+// ---------------------------------------------------------------------------------------
+
+async fn case_mfa_secret_enrollment(b: &dyn Backend) {
+    let s = open(b);
+    let m = MethodRecord {
+        key_size: 32,
+        ..method(Some("enroll"), 1000)
+    };
+    s.create_method(&m).await.unwrap();
+
+    let first = match s.create_mfa_secret(&m.id, "entity-1", NOW).await.unwrap() {
+        Enrollment::Created { method, secret } => {
+            assert_eq!(method, m, "Created carries the stored method");
+            assert_eq!(secret.len(), 32, "a secret of exactly key_size bytes");
+            secret
+        }
+        other => panic!("expected Created, got {other:?}"),
+    };
+
+    // A second enrollment changes nothing...
+    assert_eq!(
+        s.create_mfa_secret(&m.id, "entity-1", NOW + 1)
+            .await
+            .unwrap(),
+        Enrollment::Exists { method: m.clone() }
+    );
+    // ...so a code made from the first secret still validates.
+    let code = code_at(&first, &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+
+    // Another entity gets its own secret.
+    match s.create_mfa_secret(&m.id, "entity-2", NOW).await.unwrap() {
+        Enrollment::Created { secret, .. } => assert_ne!(secret, first, "secrets are per entity"),
+        other => panic!("expected Created, got {other:?}"),
+    }
+
+    // The secret is made with the method's settings as they are when stored.
+    let smaller = MethodRecord {
+        key_size: 16,
+        ..m.clone()
+    };
+    s.update_method(&smaller).await.unwrap();
+    match s.create_mfa_secret(&m.id, "entity-3", NOW).await.unwrap() {
+        Enrollment::Created { method, secret } => {
+            assert_eq!(secret.len(), 16);
+            assert_eq!(method, smaller);
+        }
+        other => panic!("expected Created, got {other:?}"),
+    }
+
+    assert_err!(
+        s.create_mfa_secret("no-such-method", "entity-1", NOW).await,
+        StoreError::NotFound(Thing::Method)
+    );
+    close(&s).await;
+}
+
+async fn case_mfa_secret_delete(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("delete"), 1000);
+    let old = enrolled(&s, &m, "entity-1").await;
+
+    assert!(s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
+    assert!(
+        !s.delete_mfa_secret(&m.id, "entity-1").await.unwrap(),
+        "already deleted"
+    );
+    assert!(!s.delete_mfa_secret(&m.id, "never-enrolled").await.unwrap());
+    assert!(!s
+        .delete_mfa_secret("no-such-method", "entity-1")
+        .await
+        .unwrap());
+
+    let code = code_at(&old, &m.params, NOW);
+    assert_err!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await,
+        StoreError::NotFound(Thing::MfaSecret)
+    );
+
+    // Enrolling again makes a new secret.
+    match s.create_mfa_secret(&m.id, "entity-1", NOW).await.unwrap() {
+        Enrollment::Created { secret, .. } => assert_ne!(secret, old),
+        other => panic!("expected Created after delete, got {other:?}"),
+    }
+    close(&s).await;
+}
+
+async fn case_mfa_check_outcomes(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("check"), 1000);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let right = code_at(&secret, &m.params, NOW);
+    let wrong = wrong_code(&secret, &m.params, m.skew, NOW);
+    let check = |code: String| {
+        let (s, id) = (Arc::clone(&s), m.id.clone());
+        async move {
+            s.check_and_record_mfa_code(&id, "entity-1", &code, NOW)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(
+        check(right.clone()).await,
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    assert_eq!(
+        check(right.clone()).await,
+        Outcome::Refused(Refusal::Replay)
+    );
+    assert_eq!(check(wrong).await, Outcome::Refused(Refusal::Invalid));
+    assert_eq!(
+        check("12x456".into()).await,
+        Outcome::Refused(Refusal::Malformed)
+    );
+
+    assert_err!(
+        s.check_and_record_mfa_code("no-such-method", "entity-1", &right, NOW)
+            .await,
+        StoreError::NotFound(Thing::Method)
+    );
+    assert_err!(
+        s.check_and_record_mfa_code(&m.id, "not-enrolled", &right, NOW)
+            .await,
+        StoreError::NotFound(Thing::MfaSecret)
+    );
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// AgentStore
+// ---------------------------------------------------------------------------------------
+
+async fn case_agent_secrets(b: &dyn Backend) {
+    let s = open(b);
+    // Created newer-first, so "oldest first" cannot be insertion order by accident.
+    let newer = agent_info("newer", Some("GitHub"), NOW + 10);
+    let older = agent_info("older", None, NOW);
+    let bobs = agent_info("bob's", Some("Bank"), NOW + 5);
+    let (newer_secret, older_secret, bobs_secret) = (vec![1u8; 20], vec![2u8; 20], vec![3u8; 32]);
+    s.create_agent_secret("alice", &newer, &newer_secret)
+        .await
+        .unwrap();
+    s.create_agent_secret("alice", &older, &older_secret)
+        .await
+        .unwrap();
+    s.create_agent_secret("bob", &bobs, &bobs_secret)
+        .await
+        .unwrap();
+
+    // Exactly what was stored, oldest first; the info type has no room for the secret,
+    // and label and issuer come back as given.
+    assert_eq!(
+        s.list_agent_secrets("alice").await.unwrap(),
+        vec![older.clone(), newer.clone()]
+    );
+    assert_eq!(
+        s.list_agent_secrets("bob").await.unwrap(),
+        vec![bobs.clone()]
+    );
+    assert_eq!(
+        s.list_agent_secrets("nobody").await.unwrap(),
+        Vec::<AgentSecretInfo>::new()
+    );
+
+    assert_eq!(
+        s.get_agent_secret("alice", &newer.id).await.unwrap(),
+        Some((newer_secret.clone(), newer.params))
+    );
+    assert_eq!(
+        s.get_agent_secret("bob", &bobs.id).await.unwrap(),
+        Some((bobs_secret, bobs.params))
+    );
+    // Another entity's id behaves like an unknown one.
+    assert_eq!(s.get_agent_secret("bob", &newer.id).await.unwrap(), None);
+    assert_eq!(
+        s.get_agent_secret("alice", "no-such-id").await.unwrap(),
+        None
+    );
+
+    // An existing id is refused, whoever asks, and the stored secret is untouched.
+    let copy = AgentSecretInfo {
+        label: "copy".into(),
+        ..newer.clone()
+    };
+    assert_err!(
+        s.create_agent_secret("bob", &copy, &[9u8; 20]).await,
+        StoreError::Conflict(Clash::Duplicate)
+    );
+    assert_eq!(
+        s.get_agent_secret("alice", &newer.id).await.unwrap(),
+        Some((newer_secret, newer.params))
+    );
+    assert_eq!(
+        s.list_agent_secrets("bob").await.unwrap(),
+        vec![bobs.clone()]
+    );
+
+    // Delete: only the owner, once.
+    assert!(
+        !s.delete_agent_secret("bob", &newer.id).await.unwrap(),
+        "not bob's"
+    );
+    assert!(s
+        .get_agent_secret("alice", &newer.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s.delete_agent_secret("alice", &newer.id).await.unwrap());
+    assert!(
+        !s.delete_agent_secret("alice", &newer.id).await.unwrap(),
+        "already deleted"
+    );
+    assert!(!s.delete_agent_secret("alice", "no-such-id").await.unwrap());
+    assert_eq!(s.get_agent_secret("alice", &newer.id).await.unwrap(), None);
+    assert_eq!(s.list_agent_secrets("alice").await.unwrap(), vec![older]);
+    assert_eq!(s.list_agent_secrets("bob").await.unwrap(), vec![bobs]);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Atomicity under concurrency
+// ---------------------------------------------------------------------------------------
+
+async fn case_concurrent_right_code_accepted_once(b: &dyn Backend) {
+    let s = open(b);
+    // A high limit, so the 63 losers are refused as replays rather than locking early;
+    // Locked is still counted as a valid refusal.
+    let m = method(Some("race"), 1000);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let code = code_at(&secret, &m.params, NOW);
+
+    let results = concurrent_checks(&s, &m.id, "entity-1", &code, NOW, 64).await;
+    assert_eq!(results.len(), 64);
+    let t = Tally::of(results);
+    assert!(t.errors.is_empty(), "no call may fail: {t:?}");
+    assert_eq!(
+        t.accepted, 1,
+        "one right code is accepted exactly once: {t:?}"
+    );
+    assert_eq!(
+        t.replay + t.locked,
+        63,
+        "every other call is a replay or locked: {t:?}"
+    );
+    close(&s).await;
+}
+
+async fn case_concurrent_wrong_codes_all_counted(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("lockout"), 5);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let wrong = wrong_code(&secret, &m.params, m.skew, NOW);
+
+    // Run one after another, 5 failures are Invalid and the fifth locks the secret for a
+    // period, so the other 59 are Locked. Any lost update would show as more Invalid.
+    let results = concurrent_checks(&s, &m.id, "entity-1", &wrong, NOW, 64).await;
+    assert_eq!(results.len(), 64);
+    let t = Tally::of(results);
+    assert!(t.errors.is_empty(), "no call may fail: {t:?}");
+    assert_eq!(
+        (t.invalid, t.locked),
+        (5, 59),
+        "no failure goes uncounted: {t:?}"
+    );
+
+    // The lock is real: even the right code is refused until one period has passed...
+    let right = code_at(&secret, &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &right, NOW)
+            .await
+            .unwrap(),
+        Outcome::Refused(Refusal::Locked)
+    );
+    // ...and then the code of that time is accepted.
+    let after = NOW + m.params.period as i64;
+    let right_after = code_at(&secret, &m.params, after);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &right_after, after)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(after)
+        }
+    );
+    close(&s).await;
+}
+
+async fn case_concurrent_creates_one_name_one_winner(b: &dyn Backend) {
+    let s = open(b);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            let m = method(Some("contested"), 5);
+            tokio::spawn(async move { (m.id.clone(), s.create_method(&m).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut name_taken = 0;
+    for t in tasks {
+        match t.await.expect("create task panicked") {
+            (id, Ok(())) => winners.push(id),
+            (_, Err(StoreError::Conflict(Clash::NameTaken))) => name_taken += 1,
+            (id, Err(e)) => panic!("create {id}: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one create wins the name: {winners:?}"
+    );
+    assert_eq!(name_taken, 15);
+    let listed: Vec<_> = s
+        .list_methods()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, winners, "only the winner is stored");
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle: reopen, key, close
+// ---------------------------------------------------------------------------------------
+
+async fn case_replay_refused_after_reopen(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("durable"), 1000);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let code = code_at(&secret, &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    close(&s).await;
+    drop(s);
+
+    // The last accepted step was durable: the same code is still a replay.
+    let s = open(b);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Refused(Refusal::Replay)
+    );
+    let next = NOW + m.params.period as i64;
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code_at(&secret, &m.params, next), next)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW) + 1
+        }
+    );
+    close(&s).await;
+}
+
+async fn case_wrong_key_refused(b: &dyn Backend) {
+    let s = open(b);
+    // Sealed data of both kinds, so the reopen below also shows the key still opens it.
+    let m = method(Some("sealed"), 1000);
+    let mfa_secret = enrolled(&s, &m, "entity-1").await;
+    let info = agent_info("sealed", None, NOW);
+    s.create_agent_secret("alice", &info, &[7u8; 20])
+        .await
+        .unwrap();
+    close(&s).await;
+    drop(s);
+
+    match try_open(b, KEY + 1) {
+        Err(StoreError::WrongKey) => {}
+        Err(e) => panic!("expected WrongKey, got {e:?}"),
+        Ok(other) => {
+            tokio::task::block_in_place(|| other.close());
+            panic!("a database created with one key opened with another");
+        }
+    }
+
+    // The refused open left the database usable with its own key, data intact.
+    let s = open(b);
+    assert_eq!(s.get_method(&m.id).await.unwrap(), Some(m.clone()));
+    assert_eq!(
+        s.get_agent_secret("alice", &info.id).await.unwrap(),
+        Some((vec![7u8; 20], info.params))
+    );
+    let code = code_at(&mfa_secret, &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    close(&s).await;
+}
+
+async fn case_closed_store_refuses(b: &dyn Backend) {
+    let s = open(b);
+    s.put_policy("before", "{}", NOW).await.unwrap();
+    close(&s).await;
+
+    assert_err!(
+        s.create_method(&method(Some("late"), 5)).await,
+        StoreError::Closed
+    );
+    assert_err!(s.put_policy("late", "{}", NOW).await, StoreError::Closed);
+    assert_err!(
+        s.create_token(&token("h-late", "a-late", None, None)).await,
+        StoreError::Closed
+    );
+    // The trait says later calls fail with Closed: reads included.
+    assert_err!(s.get_policy("before").await, StoreError::Closed);
+    drop(s);
+
+    // Nothing was written after the close.
+    let s = open(b);
+    assert_eq!(s.list_policies().await.unwrap(), vec!["before"]);
+    assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
+    close(&s).await;
+}

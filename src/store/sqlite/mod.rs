@@ -505,7 +505,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_read_queue_answers_unavailable_at_once_and_threads_stay_fixed() {
+    async fn a_full_read_queue_answers_unavailable_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let opts = SqliteOptions {
             readers: 1,
@@ -544,7 +544,9 @@ mod tests {
             release.send(()).unwrap();
         }
         for h in held {
-            h.await.unwrap().unwrap();
+            // A held read may itself have found the queue full, if a probe got there first.
+            let r = h.await.unwrap();
+            assert!(matches!(r, Ok(()) | Err(StoreError::Unavailable)), "{r:?}");
         }
         assert!(s.list_policies().await.is_ok(), "reads work again");
         s.close();

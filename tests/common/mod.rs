@@ -2,6 +2,8 @@
 //! speaks HTTP to it over the socket or TCP, as a user would.
 #![allow(dead_code)]
 
+pub mod app;
+
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

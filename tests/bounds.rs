@@ -1,0 +1,375 @@
+//! What clients cannot grow, and how overload is answered: a store that is unavailable
+//! gives 503 with `Retry-After` in each surface's shape (never a 500, never a false
+//! success), a repeated `generate` renders no image, and a daemon under many concurrent
+//! clients keeps a fixed number of threads.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::app::TestApp;
+use common::Daemon;
+use serde_json::{json, Value};
+use totpd::api::AppState;
+use totpd::auth::Peer;
+use totpd::otp::{Outcome, Params};
+use totpd::store::*;
+
+/// A store whose database is always overloaded: every call answers `Unavailable`.
+struct Overloaded;
+
+fn busy<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable)
+}
+
+#[async_trait]
+impl TokenStore for Overloaded {
+    async fn create_token(&self, _: &TokenRecord) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn get_token(&self, _: &str, _: i64) -> Result<Option<TokenRecord>, StoreError> {
+        busy()
+    }
+    async fn revoke_token(&self, _: &str) -> Result<usize, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
+impl PolicyStore for Overloaded {
+    async fn put_policy(&self, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn get_policy(&self, _: &str) -> Result<Option<String>, StoreError> {
+        busy()
+    }
+    async fn get_policies(&self, _: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        busy()
+    }
+    async fn delete_policy(&self, _: &str) -> Result<bool, StoreError> {
+        busy()
+    }
+    async fn list_policies(&self) -> Result<Vec<String>, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
+impl MfaStore for Overloaded {
+    async fn create_method(&self, _: &MethodRecord) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn update_method(&self, _: &MethodRecord) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn get_method(&self, _: &str) -> Result<Option<MethodRecord>, StoreError> {
+        busy()
+    }
+    async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError> {
+        busy()
+    }
+    async fn delete_method(&self, _: &str) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn create_mfa_secret(&self, _: &str, _: &str, _: i64) -> Result<Enrollment, StoreError> {
+        busy()
+    }
+    async fn delete_mfa_secret(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        busy()
+    }
+    async fn check_and_record_mfa_code(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i64,
+    ) -> Result<Outcome, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
+impl AgentStore for Overloaded {
+    async fn create_agent_secret(
+        &self,
+        _: &str,
+        _: &AgentSecretInfo,
+        _: &[u8],
+    ) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn list_agent_secrets(&self, _: &str) -> Result<Vec<AgentSecretInfo>, StoreError> {
+        busy()
+    }
+    async fn delete_agent_secret(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        busy()
+    }
+    async fn get_agent_secret(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<(Vec<u8>, Params)>, StoreError> {
+        busy()
+    }
+}
+
+impl Store for Overloaded {
+    fn close(&self) {}
+}
+
+async fn send(
+    app: &totpd::server::http::App,
+    peer: Peer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, axum::http::HeaderMap, Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut b = axum::http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut req = b
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    req.extensions_mut().insert(peer);
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape() {
+    let app = totpd::server::http::app(AppState::new(Arc::new(Overloaded)), 4_000_000);
+    let root = Peer::Unix { uid: Some(0) };
+    let id = uuid::Uuid::new_v4().to_string();
+    let cases: Vec<(Peer, &str, String, Option<Value>, &str)> = vec![
+        // Reads and writes of every surface, as a root socket peer (no store read to
+        // know who is calling).
+        (
+            root,
+            "GET",
+            format!("/api/v2/totp/code/{id}"),
+            None,
+            "agent",
+        ),
+        (root, "GET", "/api/v2/totp/secrets".into(), None, "agent"),
+        (
+            root,
+            "POST",
+            "/api/v2/totp/secrets".into(),
+            Some(json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DP", "label": "x"})),
+            "agent",
+        ),
+        (
+            root,
+            "GET",
+            format!("/v1/identity/mfa/method/totp/{id}"),
+            None,
+            "vault",
+        ),
+        (
+            root,
+            "POST",
+            "/v1/identity/mfa/method/totp/validate".into(),
+            Some(json!({"method_id": id, "passcode": "123456"})),
+            "vault",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/sys/policies/acl/p".into(),
+            Some(json!({"policy": {"path": {}}})),
+            "vault",
+        ),
+        // A default-policy peer: no store read either; its write fails at the store.
+        (
+            Peer::Unix { uid: Some(1234) },
+            "POST",
+            "/v1/identity/mfa/method/totp/generate".into(),
+            Some(json!({"method_id": id})),
+            "vault",
+        ),
+    ];
+    for (peer, method, path, body, shape) in cases {
+        let (status, headers, json) = send(&app, peer, method, &path, &[], body).await;
+        assert_eq!(status, 503, "{method} {path}: {json}");
+        assert_eq!(
+            headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "{method} {path}"
+        );
+        match shape {
+            "agent" => {
+                assert_eq!(json["status"], "error", "{path}: {json}");
+                assert!(json["error"].as_str().is_some_and(|e| e.contains("busy")));
+            }
+            _ => assert!(
+                json["errors"][0]
+                    .as_str()
+                    .is_some_and(|e| e.contains("busy")),
+                "{path}: {json}"
+            ),
+        }
+    }
+    // A token cannot be looked up either: 503, not 403 (which would tell a valid token
+    // it is invalid) and not 500.
+    for path in ["/v1/auth/token/lookup-self", "/api/v2/totp/secrets"] {
+        let (status, headers, _) = send(
+            &app,
+            Peer::Tcp,
+            "GET",
+            path,
+            &[("x-vault-token", "t")],
+            None,
+        )
+        .await;
+        assert_eq!(status, 503, "{path}");
+        assert!(headers.contains_key("retry-after"));
+    }
+}
+
+async fn qr_renders(app: &TestApp) -> u64 {
+    let r = app.req("GET", "/v1/sys/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix("totpd_qr_renders_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("totpd_qr_renders_total in the metrics")
+}
+
+#[tokio::test]
+async fn a_repeated_generate_renders_no_image() {
+    let app = TestApp::new().await;
+    let r = app
+        .req(
+            "POST",
+            "/v1/identity/mfa/method/totp",
+            Some(json!({"issuer": "Acme", "qr_size": 2048, "method_name": "big"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json["data"]["method_id"].as_str().unwrap().to_string();
+    assert_eq!(qr_renders(&app).await, 0);
+
+    let gen = |uid| {
+        let body = json!({"method_id": id});
+        let app = &app;
+        async move {
+            app.req_as(
+                uid,
+                "POST",
+                "/v1/identity/mfa/method/totp/generate",
+                Some(body),
+                None,
+            )
+            .await
+        }
+    };
+    let first = gen(1234).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(first.json["data"]["barcode"].as_str().unwrap().len() > 100);
+    assert_eq!(qr_renders(&app).await, 1);
+
+    for _ in 0..20 {
+        let again = gen(1234).await;
+        assert_eq!(again.status, 200);
+        assert_eq!(again.json["data"], Value::Null);
+        assert!(again.json["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("already has a secret"));
+    }
+    let admin = app
+        .req(
+            "POST",
+            "/v1/identity/mfa/method/totp/admin-generate",
+            Some(json!({"method_id": id, "entity_id": "uid:1234"})),
+            None,
+        )
+        .await;
+    assert_eq!(admin.json["data"], Value::Null);
+    assert_eq!(qr_renders(&app).await, 1, "no image for a secret not made");
+
+    // A new entity does get one.
+    assert_eq!(gen(1235).await.status, 200);
+    assert_eq!(qr_renders(&app).await, 2);
+}
+
+fn proc_status(pid: i32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_clients_leave_the_thread_count_fixed() {
+    let d = Daemon::start();
+    let r = d
+        .req(
+            "POST",
+            "/api/v2/totp/secrets",
+            Some(json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DP", "label": "load"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let path = format!(
+        "/api/v2/totp/code/{}",
+        r.json["totp_secret"]["id"].as_str().unwrap()
+    );
+    let pid = d.pid();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    // Workers (one per core), two blocking threads, the writer, the readers (two per
+    // core) and the main thread: 4 × cores + 4 at most, within 2 × cores + 8 on 2 cores.
+    let limit = (4 * cores + 4).max(2 * cores + 8);
+
+    let d = Arc::new(d);
+    let mut tasks = Vec::new();
+    for _ in 0..400 {
+        let (d, path) = (d.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..5 {
+                statuses.push(d.req("GET", &path, None, None).await.status);
+            }
+            statuses
+        }));
+    }
+    let mut peak = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(proc_status(pid, "Threads:"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for t in tasks {
+        for s in t.await.unwrap() {
+            *by_status.entry(s).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        by_status.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 or the documented 503: {by_status:?}"
+    );
+    assert!(by_status.get(&200).is_some_and(|n| *n > 0), "{by_status:?}");
+    assert!(
+        peak <= limit,
+        "{peak} threads under 400 concurrent clients (limit {limit})"
+    );
+}

@@ -1,12 +1,16 @@
-//! The authenticator app for agents (issue 5), against the real binary.
+//! The authenticator app for agents: registering secrets (by seed or otpauth URI),
+//! codes checked against an independent RFC 6238 implementation, `expires_in` and
+//! `min_validity`, listing without secrets, per-entity isolation and bad input. Driven
+//! in-process on a temporary store; the CLI and the log are in `agent_process.rs`.
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::{contains, reference_totp, unix_now, Daemon};
+use common::app::TestApp;
+use common::{contains, reference_totp, unix_now};
 use serde_json::{json, Value};
+use totpd::auth::Peer;
 
 const SECRETS: &str = "/api/v2/totp/secrets";
 
@@ -21,8 +25,8 @@ fn raw(b32: &str) -> Vec<u8> {
     data_encoding::BASE32_NOPAD.decode(b32.as_bytes()).unwrap()
 }
 
-async fn add(d: &Daemon, body: Value, token: Option<&str>) -> Value {
-    let r = d.req("POST", SECRETS, Some(body.clone()), token).await;
+async fn add(app: &TestApp, body: Value, token: Option<&str>) -> Value {
+    let r = app.req("POST", SECRETS, Some(body.clone()), token).await;
     assert_eq!(r.status, 201, "{body} → {}", r.text);
     assert_eq!(r.json["status"], "success");
     r.json["totp_secret"].clone()
@@ -30,7 +34,7 @@ async fn add(d: &Daemon, body: Value, token: Option<&str>) -> Value {
 
 /// Gets the code and checks it against the reference at the request's time.
 async fn check_code(
-    d: &Daemon,
+    app: &TestApp,
     id: &str,
     token: Option<&str>,
     secret: &[u8],
@@ -39,7 +43,7 @@ async fn check_code(
     period: u64,
 ) -> Value {
     let before = unix_now();
-    let r = d
+    let r = app
         .req("GET", &format!("/api/v2/totp/code/{id}"), None, token)
         .await;
     let after = unix_now();
@@ -67,13 +71,13 @@ async fn check_code(
 
 #[tokio::test]
 async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     for alg in ["SHA1", "SHA256", "SHA512"] {
         for digits in [6u32, 8] {
             for period in [30u64, 60] {
                 let s = seed(20);
                 let by_secret = add(
-                    &d,
+                    &app,
                     json!({"secret": s.to_lowercase(), "label": "svc", "issuer": "Svc", "algorithm": alg, "digits": digits, "period": period}),
                     None,
                 )
@@ -91,7 +95,7 @@ async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
                     (Some(alg), Some(digits as u64), Some(period))
                 );
                 check_code(
-                    &d,
+                    &app,
                     by_secret["id"].as_str().unwrap(),
                     None,
                     &raw(&s),
@@ -103,12 +107,12 @@ async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
 
                 let s2 = seed(20);
                 let uri = format!("otpauth://totp/Acme:agent%40example.com?secret={s2}&issuer=Acme&algorithm={alg}&digits={digits}&period={period}");
-                let by_uri = add(&d, json!({"uri": uri}), None).await;
+                let by_uri = add(&app, json!({"uri": uri}), None).await;
                 assert_eq!(by_uri["label"], "agent@example.com");
                 assert_eq!(by_uri["issuer"], "Acme");
                 assert_eq!(by_uri["algorithm"], alg);
                 check_code(
-                    &d,
+                    &app,
                     by_uri["id"].as_str().unwrap(),
                     None,
                     &raw(&s2),
@@ -131,10 +135,19 @@ async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let v = add(&d, json!({"secret": spaced, "label": "padded"}), None).await;
-    check_code(&d, v["id"].as_str().unwrap(), None, &raw(&s), "SHA1", 6, 30).await;
+    let v = add(&app, json!({"secret": spaced, "label": "padded"}), None).await;
+    check_code(
+        &app,
+        v["id"].as_str().unwrap(),
+        None,
+        &raw(&s),
+        "SHA1",
+        6,
+        30,
+    )
+    .await;
     let v = add(
-        &d,
+        &app,
         json!({"uri": format!("otpauth://totp/x?secret={s}"), "digits": 6, "label": "x"}),
         None,
     )
@@ -144,15 +157,15 @@ async fn codes_match_an_independent_implementation_by_secret_and_by_uri() {
 
 #[tokio::test]
 async fn list_never_contains_a_secret() {
-    let d = Daemon::start();
-    let r = d.req("GET", SECRETS, None, None).await;
+    let app = TestApp::new().await;
+    let r = app.req("GET", SECRETS, None, None).await;
     assert_eq!(r.json, json!({"status": "success", "totp_secrets": []}));
     let mut seeds = Vec::new();
     for i in 0..7 {
         let s = seed(20 + i);
-        add(&d, json!({"secret": s, "label": format!("s{i}")}), None).await;
+        add(&app, json!({"secret": s, "label": format!("s{i}")}), None).await;
         seeds.push(s);
-        let r = d.req("GET", SECRETS, None, None).await;
+        let r = app.req("GET", SECRETS, None, None).await;
         assert_eq!(r.status, 200);
         let list = r.json["totp_secrets"].as_array().unwrap();
         assert_eq!(list.len(), i + 1);
@@ -175,49 +188,21 @@ async fn list_never_contains_a_secret() {
             assert!(!r.text.to_lowercase().contains(&s.to_lowercase()));
         }
     }
-    // Nor is any in the database in clear, nor in the log, nor any code.
-    let mut codes = Vec::new();
-    for item in d.req("GET", SECRETS, None, None).await.json["totp_secrets"]
-        .as_array()
-        .unwrap()
-    {
-        let r = d
-            .req(
-                "GET",
-                &format!("/api/v2/totp/code/{}", item["id"].as_str().unwrap()),
-                None,
-                None,
-            )
-            .await;
-        codes.push(r.json["code"].as_str().unwrap().to_string());
-    }
-    let mut d = d;
-    d.stop();
-    let db = d.db_bytes();
-    let log = d.stderr();
-    assert!(
-        log.contains("route=/api/v2/totp/code/{id}"),
-        "no request lines in the log"
-    );
+    // Nor is any in the database in clear (main file and WAL). The log: see
+    // `agent_process.rs`.
+    let db = app.db_bytes();
     for s in &seeds {
         assert!(!contains(&db, s.as_bytes()));
         assert!(!contains(&db, &raw(s)));
-        assert!(!log.contains(s.as_str()), "a seed reached the log");
-    }
-    for c in &codes {
-        assert!(
-            !log.contains(&format!("{c} ")) && !log.contains(&format!("={c}")),
-            "a code reached the log"
-        );
     }
 }
 
 #[tokio::test]
 async fn entities_see_only_their_own_secrets() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let r = d
+        let r = app
             .req(
                 "POST",
                 "/v1/auth/token/create",
@@ -228,23 +213,23 @@ async fn entities_see_only_their_own_secrets() {
         tokens.push(r.json["auth"]["client_token"].as_str().unwrap().to_string());
     }
     let (a, b) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
-    let sa = add(&d, json!({"secret": seed(20), "label": "a"}), a).await;
-    let sb = add(&d, json!({"secret": seed(20), "label": "b"}), b).await;
+    let sa = add(&app, json!({"secret": seed(20), "label": "a"}), a).await;
+    let sb = add(&app, json!({"secret": seed(20), "label": "b"}), b).await;
     let ida = sa["id"].as_str().unwrap();
 
-    let la = d.req("GET", SECRETS, None, a).await.json["totp_secrets"].clone();
-    let lb = d.req("GET", SECRETS, None, b).await.json["totp_secrets"].clone();
+    let la = app.req("GET", SECRETS, None, a).await.json["totp_secrets"].clone();
+    let lb = app.req("GET", SECRETS, None, b).await.json["totp_secrets"].clone();
     assert_eq!(la.as_array().unwrap().len(), 1);
     assert_eq!(la[0]["label"], "a");
     assert_eq!(lb[0]["label"], "b");
     // Root over the socket is uid:0, another entity again.
     assert_eq!(
-        d.req("GET", SECRETS, None, None).await.json["totp_secrets"],
+        app.req("GET", SECRETS, None, None).await.json["totp_secrets"],
         json!([])
     );
 
     // B reading, coding or deleting A's id: 404, exactly as for an unknown id.
-    let unknown = d
+    let unknown = app
         .req(
             "GET",
             &format!("/api/v2/totp/code/{}", uuid::Uuid::new_v4()),
@@ -256,7 +241,7 @@ async fn entities_see_only_their_own_secrets() {
         ("GET", format!("/api/v2/totp/code/{ida}")),
         ("DELETE", format!("{SECRETS}/{ida}")),
     ] {
-        let r = d.req(m, &p, None, b).await;
+        let r = app.req(m, &p, None, b).await;
         assert_eq!(r.status, 404, "{m} {p}");
         assert_eq!(
             r.json,
@@ -265,67 +250,67 @@ async fn entities_see_only_their_own_secrets() {
         assert_eq!(r.json, unknown.json);
     }
     assert_eq!(
-        d.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
+        app.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
             .await
             .status,
         200,
         "A's secret survived"
     );
     assert_eq!(
-        d.req("GET", "/api/v2/totp/code/not-a-uuid", None, a)
+        app.req("GET", "/api/v2/totp/code/not-a-uuid", None, a)
             .await
             .status,
         404
     );
     assert_eq!(
-        d.req("DELETE", &format!("{SECRETS}/{ida}"), None, a)
+        app.req("DELETE", &format!("{SECRETS}/{ida}"), None, a)
             .await
             .status,
         200
     );
     assert_eq!(
-        d.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
+        app.req("GET", &format!("/api/v2/totp/code/{ida}"), None, a)
             .await
             .status,
         404
     );
 
-    // A second uid, through the CLI with no token.
-    if common::can_switch_uid() {
-        let idb = sb["id"].as_str().unwrap();
-        let out = d
-            .cli()
-            .args(["code", idb])
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
-        let out = d
-            .cli()
-            .args(["secret", "list", "--json"])
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
-    }
+    // A local uid with no token is its own entity too: it sees none of B's.
+    let idb = sb["id"].as_str().unwrap();
+    let r = app
+        .req_as(
+            65534,
+            "GET",
+            &format!("/api/v2/totp/code/{idb}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json, unknown.json);
+    let r = app.req_as(65534, "GET", SECRETS, None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["totp_secrets"], json!([]));
 }
 
 #[tokio::test]
 async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     let s = seed(20);
-    let v = add(&d, json!({"secret": s, "label": "fast", "period": 2}), None).await;
+    let v = add(
+        &app,
+        json!({"secret": s, "label": "fast", "period": 2}),
+        None,
+    )
+    .await;
     let id = v["id"].as_str().unwrap().to_string();
-    let first = check_code(&d, &id, None, &raw(&s), "SHA1", 6, 2).await;
+    let first = check_code(&app, &id, None, &raw(&s), "SHA1", 6, 2).await;
     let t1 = unix_now();
     tokio::time::sleep(Duration::from_millis(
         first["expires_in"].as_u64().unwrap() * 1000 + 200,
     ))
     .await;
-    let second = check_code(&d, &id, None, &raw(&s), "SHA1", 6, 2).await;
+    let second = check_code(&app, &id, None, &raw(&s), "SHA1", 6, 2).await;
     let t2 = unix_now();
     assert_ne!(t1 / 2, t2 / 2, "a boundary was crossed");
     if reference_totp(&raw(&s), "SHA1", 6, 2, t1) != reference_totp(&raw(&s), "SHA1", 6, 2, t2) {
@@ -334,14 +319,14 @@ async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
 
     // min_validity: never a code with fewer seconds left than asked.
     let v = add(
-        &d,
+        &app,
         json!({"secret": seed(20), "label": "mv", "period": 5}),
         None,
     )
     .await;
     let id = v["id"].as_str().unwrap();
     for _ in 0..3 {
-        let r = d
+        let r = app
             .req(
                 "GET",
                 &format!("/api/v2/totp/code/{id}?min_validity=4"),
@@ -354,12 +339,12 @@ async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
         tokio::time::sleep(Duration::from_millis(1300)).await;
     }
     let long = add(
-        &d,
+        &app,
         json!({"secret": seed(20), "label": "day", "period": 86400}),
         None,
     )
     .await;
-    let r = d
+    let r = app
         .req(
             "GET",
             &format!(
@@ -372,7 +357,7 @@ async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
         .await;
     assert_eq!(r.status, 400, "a request may not wait for a day");
     for bad in ["5", "-1", "x"] {
-        let r = d
+        let r = app
             .req(
                 "GET",
                 &format!("/api/v2/totp/code/{id}?min_validity={bad}"),
@@ -387,7 +372,7 @@ async fn expires_in_ends_the_period_and_the_code_changes_over_a_boundary() {
 
 #[tokio::test]
 async fn bad_registrations_are_refused_and_store_nothing() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     let good = seed(20);
     let cases = [
         (json!({"secret": "not base32!!", "label": "x"}), "secret"),
@@ -438,7 +423,7 @@ async fn bad_registrations_are_refused_and_store_nothing() {
         (json!([good, "x"]), "object"),
     ];
     for (body, word) in cases {
-        let r = d.req("POST", SECRETS, Some(body.clone()), None).await;
+        let r = app.req("POST", SECRETS, Some(body.clone()), None).await;
         assert_eq!(r.status, 400, "{body} → {}", r.text);
         assert_eq!(r.json["status"], "error");
         let msg = r.json["error"].as_str().unwrap();
@@ -458,97 +443,24 @@ async fn bad_registrations_are_refused_and_store_nothing() {
             "the error prints bytes: {msg}"
         );
     }
-    let r = d
-        .raw_unix("POST", SECRETS, &[], Some(b"{\"secret\":".to_vec()))
+    let r = app
+        .raw(
+            Peer::Unix { uid: Some(0) },
+            "POST",
+            SECRETS,
+            &[],
+            Some(b"{\"secret\":".to_vec()),
+        )
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json["status"], "error");
     assert_eq!(
-        d.req("GET", SECRETS, None, None).await.json["totp_secrets"],
+        app.req("GET", SECRETS, None, None).await.json["totp_secrets"],
         json!([])
     );
     // This surface's shape for unknown routes and wrong methods too.
-    let r = d.req("GET", "/api/v2/totp/nope", None, None).await;
+    let r = app.req("GET", "/api/v2/totp/nope", None, None).await;
     assert_eq!((r.status, r.json["status"].as_str()), (404, Some("error")));
-    let r = d.req("PUT", SECRETS, None, None).await;
+    let r = app.req("PUT", SECRETS, None, None).await;
     assert_eq!((r.status, r.json["status"].as_str()), (405, Some("error")));
-}
-
-#[test]
-fn cli_round_trip_as_root_and_as_a_uid_without_a_token() {
-    let d = Daemon::start();
-    let mut uids: Vec<Option<u32>> = vec![None];
-    if common::can_switch_uid() {
-        uids.push(Some(65534));
-    }
-    for uid in uids {
-        let run = |args: &[&str]| {
-            let mut c = d.cli();
-            c.args(args);
-            if let Some(u) = uid {
-                c.uid(u).gid(u);
-            }
-            let out = c.output().unwrap();
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-                String::from_utf8_lossy(&out.stderr).to_string(),
-            )
-        };
-        let s = seed(20);
-        let uri = format!(
-            "otpauth://totp/Forge:ci-bot?secret={s}&issuer=Forge&algorithm=SHA256&digits=8"
-        );
-        let (code, id, err) = run(&["secret", "add", "--uri", &uri]);
-        assert_eq!(code, Some(0), "{err}");
-        assert_eq!(id.len(), 36, "prints the id only: {id}");
-        let s2 = seed(16);
-        let (code, id2, _) = run(&["secret", "add", "--secret", &s2, "--label", "plain"]);
-        assert_eq!(code, Some(0));
-
-        let (code, table, _) = run(&["secret", "list"]);
-        assert_eq!(code, Some(0));
-        assert!(
-            table.contains(&id) && table.contains(&id2),
-            "full ids in the list:\n{table}"
-        );
-        assert!(table.contains("ci-bot") && table.contains("Forge"));
-        assert!(!table.contains(&s) && !table.contains(&s2));
-
-        let before = unix_now();
-        let (code, out, _) = run(&["code", &id]);
-        let after = unix_now();
-        assert_eq!(code, Some(0));
-        let want = [before, after].map(|t| reference_totp(&raw(&s), "SHA256", 8, 30, t));
-        assert!(want.contains(&out), "{out:?} vs {want:?}");
-
-        // --socket after the subcommand works too.
-        let sock = d.socket.display().to_string();
-        let mut c = std::process::Command::new(common::BIN);
-        c.args(["code", &id2, "--json", "--socket", &sock])
-            .env_remove("TOTPD_SOCKET");
-        if let Some(u) = uid {
-            c.uid(u).gid(u);
-        }
-        let out = c.output().unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["period"], 30);
-
-        let (code, _, _) = run(&["secret", "rm", &id]);
-        assert_eq!(code, Some(0));
-        let (code, _, err) = run(&["secret", "rm", &id]);
-        assert_eq!(code, Some(1));
-        assert!(err.contains("not found"), "{err}");
-        let (code, _, err) = run(&["secret", "add", "--secret", "short", "--label", "x"]);
-        assert_eq!(code, Some(1));
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        run(&["secret", "rm", &id2]);
-    }
-    // Unreachable daemon: exit 3 and a clear line.
-    let out = std::process::Command::new(common::BIN)
-        .args(["--socket", "/nonexistent/totpd.sock", "secret", "list"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach totpd"));
 }

@@ -1,25 +1,28 @@
-//! Vault identity MFA TOTP (issue 4), against the real binary.
+//! Vault identity MFA TOTP: methods (create, read, update, list, delete), generating
+//! secrets for oneself and for others, QR codes, validation (single use, skew, lockout,
+//! concurrency), access rules and error shapes. Driven in-process on a temporary store;
+//! what needs the real binary (a restart) is in `vault_mfa_process.rs`.
 
 mod common;
 
-use std::os::unix::process::CommandExt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    contains, decode_qr, fresh_step, parse_otp_url, reference_totp, unix_now, Daemon, OtpUrl,
-};
+use common::app::TestApp;
+use common::{contains, decode_qr, fresh_step, parse_otp_url, reference_totp, unix_now, OtpUrl};
 use serde_json::{json, Value};
+use totpd::auth::Peer;
 
 const BASE: &str = "/v1/identity/mfa/method/totp";
 
-async fn create_method(d: &Daemon, body: Value) -> String {
-    let r = d.req("POST", BASE, Some(body), None).await;
+async fn create_method(app: &TestApp, body: Value) -> String {
+    let r = app.req("POST", BASE, Some(body), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json["data"]["method_id"].as_str().unwrap().to_string()
 }
 
-async fn admin_generate(d: &Daemon, method: &str, entity: &str) -> OtpUrl {
-    let r = d
+async fn admin_generate(app: &TestApp, method: &str, entity: &str) -> OtpUrl {
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-generate"),
@@ -35,8 +38,8 @@ fn code(u: &OtpUrl, t: u64) -> String {
     reference_totp(&u.secret, &u.algorithm, u.digits, u.period, t)
 }
 
-async fn validate(d: &Daemon, method: &str, entity: &str, passcode: &str) -> u16 {
-    let r = d
+async fn validate(app: &TestApp, method: &str, entity: &str, passcode: &str) -> u16 {
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/validate"),
@@ -56,13 +59,13 @@ async fn validate(d: &Daemon, method: &str, entity: &str, passcode: &str) -> u16
 
 #[tokio::test]
 async fn generate_round_trip_barcode_url_and_an_independent_code() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     let id = create_method(
-        &d,
+        &app,
         json!({"issuer": "Acme Corp", "algorithm": "SHA256", "digits": 8, "period": "1m", "qr_size": 300}),
     )
     .await;
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/generate"),
@@ -98,7 +101,7 @@ async fn generate_round_trip_barcode_url_and_an_independent_code() {
 
     fresh_step(60, 3).await;
     let c = code(&u, unix_now());
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/validate"),
@@ -110,7 +113,7 @@ async fn generate_round_trip_barcode_url_and_an_independent_code() {
     assert_eq!(r.json["data"]["valid"], true);
 
     // A second generate: 200, no data, a warning; the secret is unchanged.
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/generate"),
@@ -126,8 +129,8 @@ async fn generate_round_trip_barcode_url_and_an_independent_code() {
         .contains("already has a secret"));
 
     // qr_size 0: no image, as Vault.
-    let id0 = create_method(&d, json!({"issuer": "x", "qr_size": 0})).await;
-    let r = d
+    let id0 = create_method(&app, json!({"issuer": "x", "qr_size": 0})).await;
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/generate"),
@@ -137,10 +140,8 @@ async fn generate_round_trip_barcode_url_and_an_independent_code() {
         .await;
     assert_eq!(r.json["data"]["barcode"], "");
 
-    // The secret is nowhere in the database in clear.
-    let mut d = d;
-    d.stop();
-    let db = d.db_bytes();
+    // The secret is nowhere in the database in clear (main file and WAL).
+    let db = app.db_bytes();
     assert!(!contains(&db, &u.secret), "raw secret in the database");
     assert!(
         !contains(&db, u.secret_b32.as_bytes()),
@@ -150,18 +151,18 @@ async fn generate_round_trip_barcode_url_and_an_independent_code() {
 
 #[tokio::test]
 async fn codes_for_every_algorithm_and_length_validate() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     for (alg, digits) in [("SHA1", 6), ("SHA1", 8), ("SHA256", 6), ("SHA512", 8)] {
         let id = create_method(
-            &d,
+            &app,
             json!({"issuer": "v", "algorithm": alg, "digits": digits}),
         )
         .await;
-        let u = admin_generate(&d, &id, "e1").await;
+        let u = admin_generate(&app, &id, "e1").await;
         assert_eq!((u.algorithm.as_str(), u.digits), (alg, digits));
         fresh_step(30, 2).await;
         assert_eq!(
-            validate(&d, &id, "e1", &code(&u, unix_now())).await,
+            validate(&app, &id, "e1", &code(&u, unix_now())).await,
             200,
             "{alg}/{digits}"
         );
@@ -169,16 +170,16 @@ async fn codes_for_every_algorithm_and_length_validate() {
 }
 
 #[tokio::test]
-async fn a_code_is_accepted_once_also_after_restart() {
-    let mut d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "v"})).await;
-    let u = admin_generate(&d, &id, "alice").await;
+async fn a_code_is_accepted_once_also_after_reopening_the_store() {
+    let mut app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "v"})).await;
+    let u = admin_generate(&app, &id, "alice").await;
     fresh_step(30, 5).await;
     let c = code(&u, unix_now());
-    assert_eq!(validate(&d, &id, "alice", &c).await, 200);
-    assert_eq!(validate(&d, &id, "alice", &c).await, 403);
+    assert_eq!(validate(&app, &id, "alice", &c).await, 200);
+    assert_eq!(validate(&app, &id, "alice", &c).await, 403);
     // The reason is told to the metrics (and the log), not to the caller.
-    let m = d.req("GET", "/v1/sys/metrics", None, None).await.text;
+    let m = app.req("GET", "/v1/sys/metrics", None, None).await.text;
     assert!(
         m.contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"replay\"} 1"),
         "{m}"
@@ -187,27 +188,26 @@ async fn a_code_is_accepted_once_also_after_restart() {
         m.contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"accepted\"} 1"),
         "{m}"
     );
-    assert_eq!(d.stop(), Some(0));
-    d.spawn().unwrap();
+    app.reopen();
     assert_eq!(
-        validate(&d, &id, "alice", &c).await,
+        validate(&app, &id, "alice", &c).await,
         403,
-        "replay after restart"
+        "replay after reopening the store"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_validations_of_one_code_yield_exactly_one_success() {
-    let d = std::sync::Arc::new(Daemon::start());
-    let id = create_method(&d, json!({"issuer": "v", "max_validation_attempts": 100})).await;
-    let u = admin_generate(&d, &id, "bob").await;
+    let app = Arc::new(TestApp::new().await);
+    let id = create_method(&app, json!({"issuer": "v", "max_validation_attempts": 100})).await;
+    let u = admin_generate(&app, &id, "bob").await;
     fresh_step(30, 5).await;
     let c = code(&u, unix_now());
     let mut tasks = Vec::new();
     for _ in 0..32 {
-        let (d, id, c) = (d.clone(), id.clone(), c.clone());
+        let (app, id, c) = (app.clone(), id.clone(), c.clone());
         tasks.push(tokio::spawn(
-            async move { validate(&d, &id, "bob", &c).await },
+            async move { validate(&app, &id, "bob", &c).await },
         ));
     }
     let mut statuses = Vec::new();
@@ -228,26 +228,26 @@ async fn thirty_two_concurrent_validations_of_one_code_yield_exactly_one_success
 
 #[tokio::test]
 async fn a_code_from_before_the_last_accepted_step_is_refused() {
-    let d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "v", "skew": 1})).await;
-    let u = admin_generate(&d, &id, "carol").await;
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "v", "skew": 1})).await;
+    let u = admin_generate(&app, &id, "carol").await;
     fresh_step(30, 5).await;
     let now = unix_now();
-    assert_eq!(validate(&d, &id, "carol", &code(&u, now)).await, 200);
+    assert_eq!(validate(&app, &id, "carol", &code(&u, now)).await, 200);
     // Inside the skew window, but older than the accepted step.
-    assert_eq!(validate(&d, &id, "carol", &code(&u, now - 30)).await, 403);
+    assert_eq!(validate(&app, &id, "carol", &code(&u, now - 30)).await, 403);
 }
 
 #[tokio::test]
 async fn three_wrong_codes_lock_for_one_period() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     let period = 3;
     let id = create_method(
-        &d,
+        &app,
         json!({"issuer": "v", "period": period, "max_validation_attempts": 3, "skew": 0}),
     )
     .await;
-    let u = admin_generate(&d, &id, "dave").await;
+    let u = admin_generate(&app, &id, "dave").await;
     fresh_step(period, 1).await;
     let right = code(&u, unix_now());
     let wrong = if right == "000000" {
@@ -256,17 +256,17 @@ async fn three_wrong_codes_lock_for_one_period() {
         "000000"
     };
     for _ in 0..3 {
-        assert_eq!(validate(&d, &id, "dave", wrong).await, 403);
+        assert_eq!(validate(&app, &id, "dave", wrong).await, 403);
     }
     assert_eq!(
-        validate(&d, &id, "dave", &right).await,
+        validate(&app, &id, "dave", &right).await,
         403,
         "locked: even the right code fails"
     );
     tokio::time::sleep(Duration::from_millis(period * 1000 + 300)).await;
     fresh_step(period, 1).await;
     assert_eq!(
-        validate(&d, &id, "dave", &code(&u, unix_now())).await,
+        validate(&app, &id, "dave", &code(&u, unix_now())).await,
         200,
         "lock over"
     );
@@ -274,32 +274,32 @@ async fn three_wrong_codes_lock_for_one_period() {
 
 #[tokio::test]
 async fn skew_zero_refuses_the_previous_step_and_skew_one_accepts_it() {
-    let d = Daemon::start();
-    let strict = create_method(&d, json!({"issuer": "v", "skew": 0})).await;
-    let loose = create_method(&d, json!({"issuer": "v", "skew": 1})).await;
-    let us = admin_generate(&d, &strict, "erin").await;
-    let ul = admin_generate(&d, &loose, "erin").await;
+    let app = TestApp::new().await;
+    let strict = create_method(&app, json!({"issuer": "v", "skew": 0})).await;
+    let loose = create_method(&app, json!({"issuer": "v", "skew": 1})).await;
+    let us = admin_generate(&app, &strict, "erin").await;
+    let ul = admin_generate(&app, &loose, "erin").await;
     fresh_step(30, 4).await;
     let now = unix_now();
     assert_eq!(
-        validate(&d, &strict, "erin", &code(&us, now - 30)).await,
+        validate(&app, &strict, "erin", &code(&us, now - 30)).await,
         403
     );
     assert_eq!(
-        validate(&d, &loose, "erin", &code(&ul, now - 30)).await,
+        validate(&app, &loose, "erin", &code(&ul, now - 30)).await,
         200
     );
     // Malformed input counts as a failure and gets the same answer.
-    assert_eq!(validate(&d, &strict, "erin", "12ab56").await, 403);
+    assert_eq!(validate(&app, &strict, "erin", "12ab56").await, 403);
 }
 
 #[tokio::test]
 async fn method_crud_list_and_vault_defaults() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     // LIST with no methods: 404, as Vault.
-    assert_eq!(d.req("LIST", BASE, None, None).await.status, 404);
-    let id = create_method(&d, json!({"issuer": "vault", "method_name": "corp"})).await;
-    let r = d.req("GET", &format!("{BASE}/{id}"), None, None).await;
+    assert_eq!(app.req("LIST", BASE, None, None).await.status, 404);
+    let id = create_method(&app, json!({"issuer": "vault", "method_name": "corp"})).await;
+    let r = app.req("GET", &format!("{BASE}/{id}"), None, None).await;
     assert_eq!(r.status, 200);
     let m = &r.json["data"];
     assert_eq!(
@@ -322,7 +322,7 @@ async fn method_crud_list_and_vault_defaults() {
         assert_eq!(m[k], v, "{k}");
     }
     // method_name is unique.
-    let r = d
+    let r = app
         .req(
             "POST",
             BASE,
@@ -333,7 +333,7 @@ async fn method_crud_list_and_vault_defaults() {
     assert_eq!(r.status, 400);
     assert!(r.vault_error().contains("method_name"));
     // Update replaces the configuration; the name stays.
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/{id}"),
@@ -342,7 +342,11 @@ async fn method_crud_list_and_vault_defaults() {
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
-    let m = d.req("GET", &format!("{BASE}/{id}"), None, None).await.json["data"].clone();
+    let m = app
+        .req("GET", &format!("{BASE}/{id}"), None, None)
+        .await
+        .json["data"]
+        .clone();
     assert_eq!(
         (
             m["issuer"].as_str(),
@@ -352,10 +356,11 @@ async fn method_crud_list_and_vault_defaults() {
         (Some("new"), Some(8), Some("corp"))
     );
     // LIST and GET ?list=true.
-    let id2 = create_method(&d, json!({"issuer": "two"})).await;
+    let id2 = create_method(&app, json!({"issuer": "two"})).await;
     for r in [
-        d.req("LIST", BASE, None, None).await,
-        d.req("GET", &format!("{BASE}?list=true"), None, None).await,
+        app.req("LIST", BASE, None, None).await,
+        app.req("GET", &format!("{BASE}?list=true"), None, None)
+            .await,
     ] {
         assert_eq!(r.status, 200);
         let mut want = vec![id.clone(), id2.clone()];
@@ -368,11 +373,11 @@ async fn method_crud_list_and_vault_defaults() {
         assert_eq!(r.json["data"]["key_info"][&id2]["issuer"], "two");
     }
     // Delete: refused while an entity holds a secret, fine after admin-destroy.
-    admin_generate(&d, &id, "frank").await;
-    let r = d.req("DELETE", &format!("{BASE}/{id}"), None, None).await;
+    admin_generate(&app, &id, "frank").await;
+    let r = app.req("DELETE", &format!("{BASE}/{id}"), None, None).await;
     assert_eq!(r.status, 400);
     assert!(r.vault_error().contains("in use"));
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-destroy"),
@@ -382,34 +387,34 @@ async fn method_crud_list_and_vault_defaults() {
         .await;
     assert_eq!(r.status, 204);
     assert_eq!(
-        d.req("DELETE", &format!("{BASE}/{id}"), None, None)
+        app.req("DELETE", &format!("{BASE}/{id}"), None, None)
             .await
             .status,
         204
     );
     assert_eq!(
-        d.req("GET", &format!("{BASE}/{id}"), None, None)
+        app.req("GET", &format!("{BASE}/{id}"), None, None)
             .await
             .status,
         404
     );
     // After admin-destroy a new secret can be generated (replacing a secret).
-    admin_generate(&d, &id2, "frank").await;
-    d.req(
+    admin_generate(&app, &id2, "frank").await;
+    app.req(
         "POST",
         &format!("{BASE}/admin-destroy"),
         Some(json!({"method_id": id2, "entity_id": "frank"})),
         None,
     )
     .await;
-    admin_generate(&d, &id2, "frank").await;
+    admin_generate(&app, &id2, "frank").await;
 }
 
 #[tokio::test]
 async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
-    let d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "keep"})).await;
-    let before = d.req("LIST", BASE, None, None).await.json["data"].clone();
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "keep"})).await;
+    let before = app.req("LIST", BASE, None, None).await.json["data"].clone();
     let cases: Vec<(Value, &str)> = vec![
         (json!({}), "issuer"),
         (json!({"issuer": ""}), "issuer"),
@@ -430,7 +435,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
     ];
     for (body, field) in &cases {
         for (method, path) in [("POST", BASE.to_string()), ("POST", format!("{BASE}/{id}"))] {
-            let r = d.req(method, &path, Some(body.clone()), None).await;
+            let r = app.req(method, &path, Some(body.clone()), None).await;
             assert_eq!(r.status, 400, "{body} → {}", r.text);
             let msg = r.vault_error();
             assert!(msg.contains(field), "{body}: {msg:?} does not name {field}");
@@ -438,7 +443,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
     }
     // Unknown and malformed ids: see unknown_and_malformed_ids_on_every_route.
     for body in [json!({}), json!({"method_id": 5})] {
-        let r = d
+        let r = app
             .req(
                 "POST",
                 &format!("{BASE}/generate"),
@@ -449,7 +454,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
         assert_eq!(r.status, 400, "{body}");
         assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-generate"),
@@ -459,7 +464,7 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
         .await;
     assert_eq!(r.status, 400);
     assert!(r.vault_error().contains("entity_id"));
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/validate"),
@@ -470,10 +475,10 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
     assert_eq!(r.status, 400);
     assert!(r.vault_error().contains("passcode"));
 
-    let after = d.req("LIST", BASE, None, None).await.json["data"].clone();
+    let after = app.req("LIST", BASE, None, None).await.json["data"].clone();
     assert_eq!(before, after, "bad input changed something");
     // No secret was created by the failed generates.
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/generate"),
@@ -486,9 +491,9 @@ async fn bad_input_gets_400_or_404_naming_the_field_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_default_caller_manages_only_itself() {
-    let d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "v"})).await;
-    let r = d
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "v"})).await;
+    let r = app
         .req(
             "POST",
             "/v1/auth/token/create",
@@ -500,7 +505,7 @@ async fn a_default_caller_manages_only_itself() {
     let me = r.json["auth"]["entity_id"].as_str().unwrap().to_string();
     let t = Some(tok.as_str());
 
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/generate"),
@@ -513,7 +518,7 @@ async fn a_default_caller_manages_only_itself() {
     assert_eq!(u.label, format!("v:{me}"));
     fresh_step(30, 3).await;
     let c = code(&u, unix_now());
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/validate"),
@@ -523,7 +528,7 @@ async fn a_default_caller_manages_only_itself() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
-    let other = admin_generate(&d, &id, "someone-else").await;
+    let other = admin_generate(&app, &id, "someone-else").await;
     let denied = [
         ("POST", BASE.to_string(), Some(json!({"issuer": "mine"}))),
         ("LIST", BASE.to_string(), None),
@@ -553,62 +558,51 @@ async fn a_default_caller_manages_only_itself() {
         ),
     ];
     for (m, p, b) in denied {
-        let r = d.req(m, &p, b, t).await;
+        let r = app.req(m, &p, b, t).await;
         assert_eq!(r.status, 403, "{m} {p}: {}", r.text);
         assert_eq!(r.json, json!({"errors": ["permission denied"]}));
     }
     // The other entity's secret is untouched and its code still unused.
     assert_eq!(
-        validate(&d, &id, "someone-else", &code(&other, unix_now())).await,
+        validate(&app, &id, "someone-else", &code(&other, unix_now())).await,
         200
     );
 }
 
-#[test]
-fn a_local_uid_generates_its_own_secret_without_a_token() {
-    if !common::can_switch_uid() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let d = Daemon::start();
-    let id = rt.block_on(create_method(&d, json!({"issuer": "local"})));
-    let body = json!({"method_id": id}).to_string();
-    let out = d
-        .cli()
-        .args(["api", "POST", &format!("{BASE}/generate"), "-d", &body])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let u = parse_otp_url(v["data"]["url"].as_str().unwrap());
+#[tokio::test]
+async fn a_local_uid_generates_its_own_secret_without_a_token() {
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "local"})).await;
+    let r = app
+        .req_as(
+            65534,
+            "POST",
+            &format!("{BASE}/generate"),
+            Some(json!({"method_id": id})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let u = parse_otp_url(r.json["data"]["url"].as_str().unwrap());
     assert_eq!(u.label, "local:uid:65534");
-    let out = d
-        .cli()
-        .args([
-            "api",
+    // Not for another entity, though.
+    let r = app
+        .req_as(
+            65534,
             "POST",
             &format!("{BASE}/admin-generate"),
-            "-d",
-            &json!({"method_id": id, "entity_id": "uid:0"}).to_string(),
-        ])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+            Some(json!({"method_id": id, "entity_id": "uid:0"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.json, json!({"errors": ["permission denied"]}));
 }
 
 #[tokio::test]
 async fn unknown_and_malformed_ids_on_every_route() {
-    let d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "v"})).await;
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "v"})).await;
     let unknown = uuid::Uuid::new_v4().to_string();
     let with = |m: &str| json!({"method_id": m, "entity_id": "e", "passcode": "123456"});
     for (method, path, body) in [
@@ -632,7 +626,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
         ),
         ("POST", format!("{BASE}/validate"), Some(with(&unknown))),
     ] {
-        let r = d.req(method, &path, body, None).await;
+        let r = app.req(method, &path, body, None).await;
         assert_eq!(r.status, 404, "{method} {path}: {}", r.text);
         assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
@@ -644,13 +638,13 @@ async fn unknown_and_malformed_ids_on_every_route() {
         ("POST", format!("{BASE}/admin-destroy"), Some(with("zzz"))),
         ("POST", format!("{BASE}/validate"), Some(with("zzz"))),
     ] {
-        let r = d.req(method, &path, body, None).await;
+        let r = app.req(method, &path, body, None).await;
         assert_eq!(r.status, 400, "{method} {path}: {}", r.text);
         assert!(r.vault_error().contains("method_id"), "{}", r.text);
     }
     // Entity ids are checked too.
     for e in ["", "has space", &"x".repeat(129)] {
-        let r = d
+        let r = app
             .req(
                 "POST",
                 &format!("{BASE}/admin-generate"),
@@ -667,26 +661,32 @@ async fn unknown_and_malformed_ids_on_every_route() {
         ("GET", format!("{BASE}?list=true&list=true")),
         ("GET", format!("{BASE}/%FF")),
     ] {
-        let r = d.req(method, &path, None, None).await;
+        let r = app.req(method, &path, None, None).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text);
         assert!(r.json["errors"].is_array(), "{path}: {}", r.text);
     }
     assert_eq!(
-        d.req("LIST", &format!("{BASE}/{id}"), None, None)
+        app.req("LIST", &format!("{BASE}/{id}"), None, None)
             .await
             .status,
         405
     );
-    let r = d
-        .raw_unix("POST", BASE, &[], Some(br#"[null, "issuer"]"#.to_vec()))
+    let r = app
+        .raw(
+            Peer::Unix { uid: Some(0) },
+            "POST",
+            BASE,
+            &[],
+            Some(br#"[null, "issuer"]"#.to_vec()),
+        )
         .await;
     assert_eq!(r.status, 400);
     assert!(r.vault_error().contains("object"));
     // A trailing slash is the same path, as in Vault.
-    let r = d.req("LIST", &format!("{BASE}/"), None, None).await;
+    let r = app.req("LIST", &format!("{BASE}/"), None, None).await;
     assert_eq!(r.json["data"]["keys"], json!([id]));
     assert_eq!(
-        d.req("GET", &format!("{BASE}/{id}/"), None, None)
+        app.req("GET", &format!("{BASE}/{id}/"), None, None)
             .await
             .json["data"]["namespace"],
         ""
@@ -695,7 +695,7 @@ async fn unknown_and_malformed_ids_on_every_route() {
 
 #[tokio::test]
 async fn bounds_beyond_vault_keep_secrets_sound() {
-    let d = Daemon::start();
+    let app = TestApp::new().await;
     for (body, field) in [
         (
             json!({"issuer": "x", "max_validation_attempts": 4294967296u64}),
@@ -713,12 +713,12 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
         ),
         (json!({"issuer": "x", "qr_size": 100_000}), "qr_size"),
     ] {
-        let r = d.req("POST", BASE, Some(body.clone()), None).await;
+        let r = app.req("POST", BASE, Some(body.clone()), None).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
         assert!(r.vault_error().contains(field), "{}", r.text);
     }
     // The smallest accepted qr_size fits every entity id generate can be given.
-    let r = d
+    let r = app
         .req(
             "POST",
             BASE,
@@ -733,7 +733,7 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
         .and_then(|t| t.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no minimum in {msg:?}"));
-    let r = d
+    let r = app
         .req(
             "POST",
             BASE,
@@ -742,9 +742,9 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
         )
         .await;
     assert_eq!(r.status, 400);
-    let id = create_method(&d, json!({"issuer": "v", "qr_size": min})).await;
+    let id = create_method(&app, json!({"issuer": "v", "qr_size": min})).await;
     let long_entity = ":".repeat(128);
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-generate"),
@@ -760,10 +760,10 @@ async fn bounds_beyond_vault_keep_secrets_sound() {
 
 #[tokio::test]
 async fn admin_generate_twice_warns_and_a_replaced_secret_drops_the_old_one() {
-    let d = Daemon::start();
-    let id = create_method(&d, json!({"issuer": "v", "method_name": "corp"})).await;
-    let old = admin_generate(&d, &id, "grace").await;
-    let r = d
+    let app = TestApp::new().await;
+    let id = create_method(&app, json!({"issuer": "v", "method_name": "corp"})).await;
+    let old = admin_generate(&app, &id, "grace").await;
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-generate"),
@@ -777,7 +777,7 @@ async fn admin_generate_twice_warns_and_a_replaced_secret_drops_the_old_one() {
         r.json["warnings"],
         json!(["Entity already has a secret for MFA method \"corp\""])
     );
-    let r = d
+    let r = app
         .req(
             "POST",
             &format!("{BASE}/admin-destroy"),
@@ -786,17 +786,17 @@ async fn admin_generate_twice_warns_and_a_replaced_secret_drops_the_old_one() {
         )
         .await;
     assert_eq!(r.status, 204);
-    let new = admin_generate(&d, &id, "grace").await;
+    let new = admin_generate(&app, &id, "grace").await;
     assert_ne!(old.secret, new.secret);
     fresh_step(30, 3).await;
     let now = unix_now();
     let (old_code, new_code) = (code(&old, now), code(&new, now));
     if old_code != new_code {
         assert_eq!(
-            validate(&d, &id, "grace", &old_code).await,
+            validate(&app, &id, "grace", &old_code).await,
             403,
             "the old secret still works"
         );
     }
-    assert_eq!(validate(&d, &id, "grace", &new_code).await, 200);
+    assert_eq!(validate(&app, &id, "grace", &new_code).await, 200);
 }

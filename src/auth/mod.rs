@@ -51,6 +51,8 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error("stored policy {0:?} is invalid: {1}")]
     BadPolicy(String, PolicyError),
+    #[error("random number generator failed")]
+    Rng,
 }
 
 /// The token a request came with, as stored (never the token itself).
@@ -115,6 +117,25 @@ pub fn new_token() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b)?;
     Ok(format!("tpd.{}", data_encoding::BASE64URL_NOPAD.encode(&b)))
+}
+
+/// Makes a token with the `root` policy, no expiry and the entity `root`, and stores its
+/// hash. Returns the token itself, to be shown once.
+pub async fn create_root_token(store: &dyn Store, now: i64) -> Result<String, AuthError> {
+    let token = new_token().map_err(|_| AuthError::Rng)?;
+    store
+        .create_token(&crate::store::TokenRecord {
+            hash: hash_token(&token),
+            accessor: uuid::Uuid::new_v4().simple().to_string(),
+            entity_id: ROOT.into(),
+            display_name: ROOT.into(),
+            policies: vec![ROOT.into()],
+            created_at: now,
+            expires_at: None,
+            parent: None,
+        })
+        .await?;
+    Ok(token)
 }
 
 /// Tokens carry 256 random bits, so a fast hash is the right way to store them.

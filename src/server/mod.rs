@@ -21,7 +21,7 @@ use crate::api::{self, AppState};
 use crate::auth::{self, Peer};
 use crate::config::ServeConfig;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{KeySource, Store, StoreError, TokenRecord};
+use crate::store::{KeySource, Store, StoreError};
 use http::App;
 use listen::Listener;
 
@@ -281,19 +281,9 @@ fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {
 /// With --dev on a new database: a root token, written 0600 to <data-dir>/root-token
 /// and printed once.
 async fn create_root_token(cfg: &ServeConfig, store: &dyn Store) -> Result<(), ServerError> {
-    let token = auth::new_token().map_err(|e| ServerError::Io(e.to_string()))?;
-    store
-        .create_token(&TokenRecord {
-            hash: auth::hash_token(&token),
-            accessor: uuid::Uuid::new_v4().simple().to_string(),
-            entity_id: "root".into(),
-            display_name: "root".into(),
-            policies: vec![auth::ROOT.into()],
-            created_at: api::now(),
-            expires_at: None,
-            parent: None,
-        })
-        .await?;
+    let token = auth::create_root_token(store, api::now())
+        .await
+        .map_err(|e| ServerError::Io(format!("cannot create the root token: {e}")))?;
     let path = cfg.data_dir.join("root-token");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()

@@ -15,7 +15,7 @@ use totpd::api::AppState;
 use totpd::auth::{self, Peer};
 use totpd::server::http::{app, App};
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
-use totpd::store::{Sealer, Store, TokenRecord, TokenStore};
+use totpd::store::{Sealer, Store};
 
 use super::Resp;
 
@@ -44,18 +44,7 @@ impl TestApp {
         change(&mut opts);
         let store = open(&opts);
         let state = AppState::new(store.clone());
-        let token = auth::new_token().unwrap();
-        store
-            .create_token(&TokenRecord {
-                hash: auth::hash_token(&token),
-                accessor: uuid::Uuid::new_v4().simple().to_string(),
-                entity_id: "root".into(),
-                display_name: "root".into(),
-                policies: vec![auth::ROOT.into()],
-                created_at: super::unix_now() as i64,
-                expires_at: None,
-                parent: None,
-            })
+        let token = auth::create_root_token(store.as_ref(), super::unix_now() as i64)
             .await
             .unwrap();
         TestApp {

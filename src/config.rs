@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Retry-After. [default: 1024]
     #[arg(long, env = "TOTPD_READ_QUEUE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub read_queue: Option<u32>,
+    /// Connections served at once on each listener; past that a new connection gets one
+    /// 503 with Retry-After and is closed. [default: 512]
+    #[arg(long, env = "TOTPD_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
@@ -74,6 +78,7 @@ struct FileConfig {
     header_timeout: Option<u64>,
     readers: Option<u16>,
     read_queue: Option<u32>,
+    max_connections: Option<u32>,
     dev: Option<bool>,
 }
 
@@ -93,6 +98,8 @@ pub struct ServeConfig {
     /// Read connections and read queue length; None for the store's defaults.
     pub readers: Option<usize>,
     pub read_queue: Option<usize>,
+    /// Connections served at once per listener.
+    pub max_connections: usize,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -182,6 +189,10 @@ impl ServeArgs {
                 .read_queue
                 .or(file.read_queue)
                 .map(|n| n.clamp(1, 1_000_000) as usize),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .map_or(512, |n| n.clamp(1, 1_000_000) as usize),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })

@@ -373,3 +373,58 @@ async fn many_concurrent_clients_leave_the_thread_count_fixed() {
         "{peak} threads under 400 concurrent clients (limit {limit})"
     );
 }
+
+#[tokio::test]
+async fn past_max_connections_a_new_connection_gets_one_503_in_its_surface_shape() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    let d = Daemon::start_with(&["--max-connections", "3"], false);
+    // Three keep-alive connections, each served once and then held open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/v1/sys/health")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        held.push(sender);
+    }
+    // A fourth is answered at once, in the shape of the surface it asked for.
+    let r = d.req("GET", "/api/v2/totp/secrets", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json["status"], "error");
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = d.req("GET", "/v1/sys/health", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(
+        r.vault_error().contains("too many connections"),
+        "{}",
+        r.text
+    );
+    // The held ones still work.
+    let req = hyper::Request::get("/v1/sys/health")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(held[0].send_request(req).await.unwrap().status(), 200);
+    // Once one closes, a new connection is served again.
+    held.pop();
+    let mut served = false;
+    for _ in 0..100 {
+        if d.req("GET", "/v1/sys/health", None, None).await.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a freed place is taken by the next connection");
+}

@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue, StatusCode};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::api::{self, AppState};
@@ -49,13 +51,9 @@ pub async fn daemon(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     prepare_dirs(&cfg)?;
-    let opts = SqliteOptions {
-        readers: cfg.readers.unwrap_or(SqliteOptions::new(&cfg.db).readers),
-        read_queue: cfg
-            .read_queue
-            .unwrap_or(SqliteOptions::new(&cfg.db).read_queue),
-        ..SqliteOptions::new(&cfg.db)
-    };
+    let mut opts = SqliteOptions::new(&cfg.db);
+    opts.readers = cfg.readers.unwrap_or(opts.readers);
+    opts.read_queue = cfg.read_queue.unwrap_or(opts.read_queue);
     let keys = KeySource {
         credentials_dir: cfg.credentials_dir.clone(),
         key_file: cfg.key_file.clone(),
@@ -83,7 +81,11 @@ pub async fn daemon(
         let listeners = bind(&cfg, inherited).await?;
         let state = AppState::new(store.clone());
         let app = http::app(state, nix::unistd::getuid().as_raw());
-        run(listeners, app, cfg.header_timeout, shutdown).await;
+        let limits = ConnLimits {
+            header_timeout: cfg.header_timeout,
+            max_connections: cfg.max_connections,
+        };
+        run(listeners, app, limits, shutdown).await;
         Ok(())
     }
     .await;
@@ -122,7 +124,7 @@ async fn bind(
 pub async fn run(
     listeners: Vec<Listener>,
     app: App,
-    header_timeout: Duration,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     for l in &listeners {
@@ -143,7 +145,7 @@ pub async fn run(
         accept_tasks.push(tokio::spawn(accept_loop(
             l,
             app.clone(),
-            header_timeout,
+            limits,
             graceful.clone(),
             stop_rx.clone(),
         )));
@@ -173,38 +175,51 @@ pub async fn run(
     }
 }
 
+/// How connections are served, per listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A client gets this long to send its request headers.
+    pub header_timeout: Duration,
+    /// Connections served at once on one listener. Past that, a new connection gets one
+    /// 503 with `Retry-After` (in the shape of the surface it asked for) and is closed,
+    /// so memory stays bounded whatever clients do.
+    pub max_connections: usize,
+}
+
+/// Over-limit connections being answered 503 at once, per listener; past that they are
+/// closed unanswered.
+const MAX_TURNED_AWAY: usize = 64;
+
 async fn accept_loop(
     listener: Listener,
     app: App,
-    header_timeout: Duration,
+    limits: ConnLimits,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let served = Arc::new(Semaphore::new(limits.max_connections));
+    let turned_away = Arc::new(Semaphore::new(MAX_TURNED_AWAY));
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
             a = accept(&listener) => a,
         };
+        let slot = || match served.clone().try_acquire_owned() {
+            Ok(permit) => Slot::Serve(permit),
+            Err(_) => match turned_away.clone().try_acquire_owned() {
+                Ok(permit) => Slot::Refuse(permit),
+                Err(_) => Slot::Drop,
+            },
+        };
         match accepted {
             Ok(Accepted::Unix(stream)) => {
                 let uid = listen::peer_uid(&stream);
-                serve_conn(
-                    stream,
-                    Peer::Unix { uid },
-                    app.clone(),
-                    header_timeout,
-                    graceful.watcher(),
-                );
+                let peer = Peer::Unix { uid };
+                dispatch(stream, peer, slot(), &app, limits, &graceful);
             }
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                serve_conn(
-                    stream,
-                    Peer::Tcp,
-                    app.clone(),
-                    header_timeout,
-                    graceful.watcher(),
-                );
+                dispatch(stream, Peer::Tcp, slot(), &app, limits, &graceful);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -213,6 +228,16 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// What a newly accepted connection gets.
+enum Slot {
+    /// Served until it closes; the permit is its place among `max_connections`.
+    Serve(OwnedSemaphorePermit),
+    /// Over the limit: one 503, then closed.
+    Refuse(OwnedSemaphorePermit),
+    /// Over every limit: closed at once.
+    Drop,
 }
 
 enum Accepted {
@@ -227,30 +252,55 @@ async fn accept(l: &Listener) -> std::io::Result<Accepted> {
     }
 }
 
-fn serve_conn<S>(
+fn dispatch<S>(
     io: S,
     peer: Peer,
-    app: App,
-    header_timeout: Duration,
-    graceful: hyper_util::server::graceful::Watcher,
+    slot: Slot,
+    app: &App,
+    limits: ConnLimits,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer);
-        app.clone().oneshot(req.map(axum::body::Body::new))
-    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    let fut = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        .header_read_timeout(limits.header_timeout);
+    match slot {
+        Slot::Serve(permit) => {
+            let app = app.clone();
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer);
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
         }
-    });
+        Slot::Refuse(permit) => {
+            builder.keep_alive(false);
+            let svc = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                let mut resp = api::error_for_path(
+                    req.uri().path(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections; try again shortly",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        Slot::Drop => drop(io),
+    }
 }
 
 fn prepare_dirs(cfg: &ServeConfig) -> Result<(), ServerError> {

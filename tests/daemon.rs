@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::app::TestApp;
-use common::{can_switch_uid, contains, Daemon, Resp};
+use common::{can_switch_uid, contains, Daemon, Requester};
 use serde_json::{json, Value};
 use totpd::auth::Peer;
 
@@ -24,33 +24,24 @@ fn pol(paths: Value) -> Value {
 }
 
 /// Requests as root over the socket, to the in-process app or to the real daemon.
-trait AsRoot {
-    async fn root_req(&self, method: &str, path: &str, body: Value) -> Resp;
-}
-
-impl AsRoot for TestApp {
-    async fn root_req(&self, method: &str, path: &str, body: Value) -> Resp {
-        self.req(method, path, Some(body), None).await
-    }
-}
-
-impl AsRoot for Daemon {
-    async fn root_req(&self, method: &str, path: &str, body: Value) -> Resp {
-        self.req(method, path, Some(body), None).await
-    }
-}
-
 /// Writes a policy as root.
-async fn put_policy(d: &impl AsRoot, name: &str, paths: Value) {
+async fn put_policy(d: &impl Requester, name: &str, paths: Value) {
     let r = d
-        .root_req("PUT", &format!("/v1/sys/policies/acl/{name}"), pol(paths))
+        .req(
+            "PUT",
+            &format!("/v1/sys/policies/acl/{name}"),
+            Some(pol(paths)),
+            None,
+        )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
 }
 
 /// Creates a token as root.
-async fn make_token(d: &impl AsRoot, body: Value) -> String {
-    let r = d.root_req("POST", "/v1/auth/token/create", body).await;
+async fn make_token(d: &impl Requester, body: Value) -> String {
+    let r = d
+        .req("POST", "/v1/auth/token/create", Some(body), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json["auth"]["client_token"].as_str().unwrap().to_string()
 }

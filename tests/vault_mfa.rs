@@ -1,7 +1,7 @@
 //! Vault identity MFA TOTP: methods (create, read, update, list, delete), generating
 //! secrets for oneself and for others, QR codes, validation (single use, skew, lockout,
 //! concurrency), access rules and error shapes. Driven in-process on a temporary store;
-//! what needs the real binary (a restart) is in `vault_mfa_process.rs`.
+//! only the replay-after-restart test runs the real binary.
 
 mod common;
 
@@ -9,19 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::app::TestApp;
-use common::{contains, decode_qr, fresh_step, parse_otp_url, reference_totp, unix_now, OtpUrl};
+use common::{
+    contains, decode_qr, fresh_step, parse_otp_url, reference_totp, unix_now, Daemon, OtpUrl,
+    Requester,
+};
 use serde_json::{json, Value};
 use totpd::auth::Peer;
 
 const BASE: &str = "/v1/identity/mfa/method/totp";
 
-async fn create_method(app: &TestApp, body: Value) -> String {
+async fn create_method(app: &impl Requester, body: Value) -> String {
     let r = app.req("POST", BASE, Some(body), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json["data"]["method_id"].as_str().unwrap().to_string()
 }
 
-async fn admin_generate(app: &TestApp, method: &str, entity: &str) -> OtpUrl {
+async fn admin_generate(app: &impl Requester, method: &str, entity: &str) -> OtpUrl {
     let r = app
         .req(
             "POST",
@@ -38,7 +41,7 @@ fn code(u: &OtpUrl, t: u64) -> String {
     reference_totp(&u.secret, &u.algorithm, u.digits, u.period, t)
 }
 
-async fn validate(app: &TestApp, method: &str, entity: &str, passcode: &str) -> u16 {
+async fn validate(app: &impl Requester, method: &str, entity: &str, passcode: &str) -> u16 {
     let r = app
         .req(
             "POST",
@@ -199,16 +202,20 @@ async fn a_code_is_accepted_once_also_after_reopening_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_validations_of_one_code_yield_exactly_one_success() {
     let app = Arc::new(TestApp::new().await);
-    let id = create_method(&app, json!({"issuer": "v", "max_validation_attempts": 100})).await;
-    let u = admin_generate(&app, &id, "bob").await;
+    let id = create_method(
+        &*app,
+        json!({"issuer": "v", "max_validation_attempts": 100}),
+    )
+    .await;
+    let u = admin_generate(&*app, &id, "bob").await;
     fresh_step(30, 5).await;
     let c = code(&u, unix_now());
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let (app, id, c) = (app.clone(), id.clone(), c.clone());
-        tasks.push(tokio::spawn(
-            async move { validate(&app, &id, "bob", &c).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            validate(&*app, &id, "bob", &c).await
+        }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
@@ -799,4 +806,21 @@ async fn admin_generate_twice_warns_and_a_replaced_secret_drops_the_old_one() {
         );
     }
     assert_eq!(validate(&app, &id, "grace", &new_code).await, 200);
+}
+
+#[tokio::test]
+async fn a_code_accepted_before_a_restart_is_refused_after_it() {
+    let mut d = Daemon::start();
+    let id = create_method(&d, json!({"issuer": "v"})).await;
+    let u = admin_generate(&d, &id, "alice").await;
+    fresh_step(30, 5).await;
+    let c = code(&u, unix_now());
+    assert_eq!(validate(&d, &id, "alice", &c).await, 200);
+    assert_eq!(d.stop(), Some(0));
+    d.spawn().unwrap();
+    assert_eq!(
+        validate(&d, &id, "alice", &c).await,
+        403,
+        "replay after restart"
+    );
 }

@@ -186,8 +186,8 @@ pub struct ConnLimits {
     pub max_connections: usize,
 }
 
-/// Over-limit connections being answered 503 at once, per listener; past that they are
-/// closed unanswered.
+/// Over-limit connections being answered 503 at once, per listener; past that, accepting
+/// waits for one of them to finish.
 const MAX_TURNED_AWAY: usize = 64;
 
 async fn accept_loop(
@@ -204,22 +204,22 @@ async fn accept_loop(
             _ = stop.changed() => break,
             a = accept(&listener) => a,
         };
-        let slot = || match served.clone().try_acquire_owned() {
-            Ok(permit) => Slot::Serve(permit),
-            Err(_) => match turned_away.clone().try_acquire_owned() {
-                Ok(permit) => Slot::Refuse(permit),
-                Err(_) => Slot::Drop,
-            },
-        };
         match accepted {
             Ok(Accepted::Unix(stream)) => {
-                let uid = listen::peer_uid(&stream);
-                let peer = Peer::Unix { uid };
-                dispatch(stream, peer, slot(), &app, limits, &graceful);
+                let peer = Peer::Unix {
+                    uid: listen::peer_uid(&stream),
+                };
+                let Some(slot) = take_slot(&served, &turned_away).await else {
+                    break;
+                };
+                dispatch(stream, peer, slot, &app, limits, &graceful);
             }
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                dispatch(stream, Peer::Tcp, slot(), &app, limits, &graceful);
+                let Some(slot) = take_slot(&served, &turned_away).await else {
+                    break;
+                };
+                dispatch(stream, Peer::Tcp, slot, &app, limits, &graceful);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -230,14 +230,27 @@ async fn accept_loop(
     }
 }
 
+/// A place for a new connection: among the served if one is free, else among those
+/// answered 503. Waiting for the latter holds back further accepts (they queue in the
+/// kernel's backlog) rather than closing a connection unanswered. None if closed.
+async fn take_slot(served: &Arc<Semaphore>, turned_away: &Arc<Semaphore>) -> Option<Slot> {
+    if let Ok(permit) = served.clone().try_acquire_owned() {
+        return Some(Slot::Serve(permit));
+    }
+    turned_away
+        .clone()
+        .acquire_owned()
+        .await
+        .ok()
+        .map(Slot::Refuse)
+}
+
 /// What a newly accepted connection gets.
 enum Slot {
     /// Served until it closes; the permit is its place among `max_connections`.
     Serve(OwnedSemaphorePermit),
     /// Over the limit: one 503, then closed.
     Refuse(OwnedSemaphorePermit),
-    /// Over every limit: closed at once.
-    Drop,
 }
 
 enum Accepted {
@@ -299,7 +312,6 @@ fn dispatch<S>(
                 drop(permit);
             });
         }
-        Slot::Drop => drop(io),
     }
 }
 

@@ -444,6 +444,50 @@ pub fn decode_qr(b64: &str) -> (u32, u32, String) {
     (w, h, content)
 }
 
+/// Whatever tests send requests to: the in-process app or the real daemon, so a helper
+/// serves both. `req` is as root over the socket, with an optional token.
+#[allow(async_fn_in_trait)] // used only here, with concrete types
+pub trait Requester {
+    async fn req(&self, method: &str, path: &str, body: Option<Value>, token: Option<&str>)
+        -> Resp;
+}
+
+impl Requester for Daemon {
+    async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Resp {
+        Daemon::req(self, method, path, body, token).await
+    }
+}
+
+impl Requester for app::TestApp {
+    async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> Resp {
+        app::TestApp::req(self, method, path, body, token).await
+    }
+}
+
+/// A fresh random seed, base32.
+pub fn seed(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).unwrap();
+    data_encoding::BASE32_NOPAD.encode(&b)
+}
+
+/// The bytes of a base32 seed.
+pub fn raw(b32: &str) -> Vec<u8> {
+    data_encoding::BASE32_NOPAD.decode(b32.as_bytes()).unwrap()
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }

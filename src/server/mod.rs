@@ -209,16 +209,20 @@ async fn accept_loop(
                 let peer = Peer::Unix {
                     uid: listen::peer_uid(&stream),
                 };
-                let Some(slot) = take_slot(&served, &turned_away).await else {
-                    break;
+                let slot = tokio::select! {
+                    _ = stop.changed() => break,
+                    s = take_slot(&served, &turned_away) => s,
                 };
+                let Some(slot) = slot else { break };
                 dispatch(stream, peer, slot, &app, limits, &graceful);
             }
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let Some(slot) = take_slot(&served, &turned_away).await else {
-                    break;
+                let slot = tokio::select! {
+                    _ = stop.changed() => break,
+                    s = take_slot(&served, &turned_away) => s,
                 };
+                let Some(slot) = slot else { break };
                 dispatch(stream, Peer::Tcp, slot, &app, limits, &graceful);
             }
             Err(e) => {

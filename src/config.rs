@@ -64,6 +64,14 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A count from the config file, held to the range its flag has (1..=max).
+fn in_range(key: &str, v: Option<u32>, max: u32) -> Result<Option<u32>, String> {
+    match v {
+        Some(n) if !(1..=max).contains(&n) => Err(format!("config {key}: {n} is not in 1..={max}")),
+        other => Ok(other),
+    }
+}
+
 /// The TOML file's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,15 +192,23 @@ impl ServeArgs {
                     .unwrap_or(10)
                     .max(1),
             ),
-            readers: self.readers.or(file.readers).map(usize::from),
+            readers: self
+                .readers
+                .map(u32::from)
+                .or(in_range("readers", file.readers.map(u32::from), 256)?)
+                .map(|n| n as usize),
             read_queue: self
                 .read_queue
-                .or(file.read_queue)
-                .map(|n| n.clamp(1, 1_000_000) as usize),
+                .or(in_range("read_queue", file.read_queue, 1_000_000)?)
+                .map(|n| n as usize),
             max_connections: self
                 .max_connections
-                .or(file.max_connections)
-                .map_or(512, |n| n.clamp(1, 1_000_000) as usize),
+                .or(in_range(
+                    "max_connections",
+                    file.max_connections,
+                    1_000_000,
+                )?)
+                .map_or(512, |n| n as usize),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })
@@ -209,7 +225,7 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(
             &f,
-            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\n",
+            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -223,6 +239,10 @@ mod tests {
         assert_eq!(c.socket_mode, 0o600);
         assert_eq!(c.key_file, PathBuf::from("/k"));
         assert_eq!(c.listen.unwrap().port(), 8200);
+        assert_eq!(
+            (c.max_connections, c.readers, c.read_queue),
+            (7, Some(3), None)
+        );
         let args = ServeArgs {
             config: Some(f),
             data_dir: Some("/other".into()),
@@ -246,6 +266,20 @@ mod tests {
         };
         assert!(args.resolve(None).unwrap_err().contains("nonsense"));
         assert!(parse_octal("0999").is_err());
+        for (line, key) in [
+            ("max_connections = 0\n", "max_connections"),
+            ("readers = 0\n", "readers"),
+            ("read_queue = 2000000\n", "read_queue"),
+        ] {
+            let f = dir.path().join("n.toml");
+            std::fs::write(&f, line).unwrap();
+            let args = ServeArgs {
+                config: Some(f),
+                ..Default::default()
+            };
+            let e = args.resolve(None).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
         assert_eq!(parse_octal("0660"), Ok(0o660));
     }
 }

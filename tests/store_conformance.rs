@@ -663,10 +663,10 @@ async fn case_mfa_secret_delete(b: &dyn Backend) {
         "already deleted"
     );
     assert!(!s.delete_mfa_secret(&m.id, "never-enrolled").await.unwrap());
-    assert!(!s
-        .delete_mfa_secret("no-such-method", "entity-1")
-        .await
-        .unwrap());
+    assert_err!(
+        s.delete_mfa_secret("no-such-method", "entity-1").await,
+        StoreError::NotFound(Thing::Method)
+    );
 
     let code = code_at(&old, &m.params, NOW);
     assert_err!(

@@ -399,11 +399,11 @@ async fn admin_destroy(
     extract::Json(req, _): Json<MethodEntity>,
 ) -> Res {
     let (id, entity) = admin_target(&who, &format!("{ACL}/admin-destroy"), req)?;
-    if st.store.get_method(&id).await?.is_none() {
-        return Err(no_such_method(&id));
+    match st.store.delete_mfa_secret(&id, &entity).await {
+        Ok(_) => Ok(vault::no_content()),
+        Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
+        Err(e) => Err(e.into()),
     }
-    st.store.delete_mfa_secret(&id, &entity).await?;
-    Ok(vault::no_content())
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::api::{self, now, AppState, Ctx};
 use crate::auth::{self, Peer};
+use crate::store::StoreError;
 
 /// Daemon facts the middleware needs beside the app state.
 #[derive(Clone)]
@@ -102,8 +103,14 @@ async fn serve_request(st: MwState, rid: String, mut req: Request, next: Next) -
     let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
     let token = auth::token_from_headers(req.headers());
     let caller = auth::resolve(st.app.store.as_ref(), peer, token, st.daemon_uid, now()).await;
-    if let Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) = &caller {
-        tracing::error!(error = %e, "cannot resolve caller");
+    // A fault of ours is logged here, where its cause is known; overload is not a fault
+    // (the handler answers 503 and logs a warning).
+    match &caller {
+        Err(auth::AuthError::Store(StoreError::Unavailable | StoreError::Closed)) => {}
+        Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) => {
+            tracing::error!(error = %e, "cannot resolve caller");
+        }
+        _ => {}
     }
     let ctx = Ctx::new(rid.clone(), caller);
     let entity = ctx.entity().unwrap_or("-").to_string();

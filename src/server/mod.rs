@@ -204,31 +204,30 @@ async fn accept_loop(
             _ = stop.changed() => break,
             a = accept(&listener) => a,
         };
-        match accepted {
-            Ok(Accepted::Unix(stream)) => {
-                let peer = Peer::Unix {
-                    uid: listen::peer_uid(&stream),
-                };
-                let slot = tokio::select! {
-                    _ = stop.changed() => break,
-                    s = take_slot(&served, &turned_away) => s,
-                };
-                let Some(slot) = slot else { break };
-                dispatch(stream, peer, slot, &app, limits, &graceful);
-            }
-            Ok(Accepted::Tcp(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let slot = tokio::select! {
-                    _ = stop.changed() => break,
-                    s = take_slot(&served, &turned_away) => s,
-                };
-                let Some(slot) = slot else { break };
-                dispatch(stream, Peer::Tcp, slot, &app, limits, &graceful);
-            }
+        let stream = match accepted {
+            Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = tokio::select! {
+            _ = stop.changed() => break,
+            s = take_slot(&served, &turned_away) => s,
+        };
+        let Some(slot) = slot else { break };
+        match stream {
+            Accepted::Unix(stream) => {
+                let peer = Peer::Unix {
+                    uid: listen::peer_uid(&stream),
+                };
+                dispatch(stream, peer, slot, &app, limits, &graceful);
+            }
+            Accepted::Tcp(stream) => {
+                let _ = stream.set_nodelay(true);
+                dispatch(stream, Peer::Tcp, slot, &app, limits, &graceful);
             }
         }
     }

@@ -207,6 +207,7 @@ pub trait MfaStore {
         now: i64,
     ) -> Result<Enrollment, StoreError>;
     /// Removes the entity's secret for the method; false if it had none.
+    /// `NotFound(Method)` if there is no such method.
     async fn delete_mfa_secret(&self, method_id: &str, entity_id: &str)
         -> Result<bool, StoreError>;
     /// Checks `code` for the entity's secret with [`otp::verify`] and records the new

@@ -231,6 +231,7 @@ impl MfaStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (method_id, entity_id) = (method_id.to_string(), entity_id.to_string());
         self.write(move |c| {
+            require_method(c, &method_id)?;
             let Some(sid) = secret_id(c, &method_id, &entity_id)? else {
                 return Ok(false);
             };

@@ -100,3 +100,38 @@ CREATE INDEX agent_secrets_entity ON agent_secrets(entity_id, created_at);
 -- Vault, so a child cannot outlive a revoked parent.
 ALTER TABLE tokens ADD COLUMN parent TEXT;  -- accessor of the creating token; NULL if made by a socket peer
 CREATE INDEX tokens_parent ON tokens(parent) WHERE parent IS NOT NULL;
+
+-- migrate: 5
+
+-- Nitride one-time policy tokens (/v1/auth/<mount>/totp): each allows exactly one update
+-- of one ACL policy before it expires. The uuid is a bearer credential, so only its
+-- SHA-256 is kept, with its first 8 characters for people and logs. Spent and expired
+-- rows are purged by a periodic sweep; a uuid not found is refused like a spent one.
+CREATE TABLE policy_tokens (
+    hash       TEXT PRIMARY KEY,           -- hex SHA-256 of the lower-case hyphenated uuid
+    prefix     TEXT NOT NULL,              -- the uuid's first 8 characters
+    mount      TEXT NOT NULL,              -- auth mount it was made under: ratls, ...
+    policy     TEXT NOT NULL,              -- the one policy it may update
+    created_at INTEGER NOT NULL,           -- unix seconds
+    expires_at INTEGER NOT NULL,           -- unix seconds; good strictly before this
+    spent_at   INTEGER                     -- unix seconds; NULL while unspent
+) STRICT;
+CREATE INDEX policy_tokens_mount ON policy_tokens(mount, created_at);
+CREATE INDEX policy_tokens_purge ON policy_tokens(expires_at);
+
+-- For operators: `SELECT * FROM policy_tokens_view;` shows every token with readable
+-- times and its state (unspent, spent, expired).
+CREATE VIEW policy_tokens_view AS
+SELECT mount,
+       prefix,
+       policy,
+       datetime(created_at, 'unixepoch') AS created,
+       datetime(expires_at, 'unixepoch') AS expires,
+       CASE
+           WHEN spent_at IS NOT NULL THEN 'spent'
+           WHEN expires_at <= CAST(strftime('%s', 'now') AS INTEGER) THEN 'expired'
+           ELSE 'unspent'
+       END AS state,
+       datetime(spent_at, 'unixepoch') AS spent
+FROM policy_tokens
+ORDER BY mount, created_at;

@@ -50,6 +50,20 @@ pub struct ServeArgs {
     /// 503 with Retry-After and is closed. [default: 512]
     #[arg(long, env = "TOTPD_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: Option<u32>,
+    /// Another auth mount for Nitride one-time policy tokens, served at
+    /// /v1/auth/<NAME>/totp beside the built-in `ratls` (repeatable; in the environment,
+    /// comma-separated).
+    #[arg(
+        long = "mount",
+        env = "TOTPD_MOUNTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub mounts: Vec<String>,
+    /// How often spent and expired policy tokens are purged (also once at start):
+    /// seconds, or a duration such as 10m. [default: 10m]
+    #[arg(long, env = "TOTPD_PURGE_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
+    pub purge_interval: Option<u64>,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
@@ -61,6 +75,16 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     match u32::from_str_radix(t, 8) {
         Ok(m) if m <= 0o777 => Ok(m),
         _ => Err(format!("{s:?} is not an octal mode such as 0660")),
+    }
+}
+
+/// A positive duration: whole seconds or a string such as `10m` or `1h30m`.
+fn parse_interval(s: &str) -> Result<u64, String> {
+    match crate::api::fields::parse_seconds(s) {
+        Some(n) if n > 0 => Ok(n as u64),
+        _ => Err(format!(
+            "{s:?} is not a positive duration such as 600, 90s or 10m"
+        )),
     }
 }
 
@@ -87,6 +111,8 @@ struct FileConfig {
     readers: Option<u16>,
     read_queue: Option<u32>,
     max_connections: Option<u32>,
+    mounts: Option<Vec<String>>,
+    purge_interval: Option<toml::Value>,
     dev: Option<bool>,
 }
 
@@ -108,6 +134,10 @@ pub struct ServeConfig {
     pub read_queue: Option<usize>,
     /// Connections served at once per listener.
     pub max_connections: usize,
+    /// Nitride mounts besides `ratls` (not yet checked: the daemon checks them).
+    pub mounts: Vec<String>,
+    /// How often spent and expired policy tokens are purged.
+    pub purge_interval: std::time::Duration,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -162,6 +192,21 @@ impl ServeArgs {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/totpd"))
             }
         });
+        let purge_interval = match (self.purge_interval, &file.purge_interval) {
+            (Some(n), _) => n,
+            (None, Some(toml::Value::Integer(n))) => {
+                parse_interval(&n.to_string()).map_err(|e| format!("config purge_interval: {e}"))?
+            }
+            (None, Some(toml::Value::String(s))) => {
+                parse_interval(s).map_err(|e| format!("config purge_interval: {e}"))?
+            }
+            (None, Some(other)) => {
+                return Err(format!(
+                    "config purge_interval: {other} is not a duration such as \"10m\""
+                ))
+            }
+            (None, None) => 600,
+        };
         let socket_mode = match (self.socket_mode, file.socket_mode) {
             (Some(m), _) => m,
             (None, Some(s)) => parse_octal(&s).map_err(|e| format!("config socket_mode: {e}"))?,
@@ -209,6 +254,12 @@ impl ServeArgs {
                     1_000_000,
                 )?)
                 .map_or(512, |n| n as usize),
+            mounts: if self.mounts.is_empty() {
+                file.mounts.unwrap_or_default()
+            } else {
+                self.mounts.clone()
+            },
+            purge_interval: std::time::Duration::from_secs(purge_interval),
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })
@@ -225,7 +276,7 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(
             &f,
-            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\n",
+            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\nmounts = [\"ci\"]\npurge_interval = \"2m\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -243,16 +294,24 @@ mod tests {
             (c.max_connections, c.readers, c.read_queue),
             (7, Some(3), None)
         );
+        assert_eq!(c.mounts, ["ci"]);
+        assert_eq!(c.purge_interval.as_secs(), 120);
         let args = ServeArgs {
             config: Some(f),
             data_dir: Some("/other".into()),
             socket_mode: Some(0o666),
+            mounts: vec!["deploy".into()],
+            purge_interval: Some(5),
             dev: true,
             ..Default::default()
         };
         let c = args.resolve(None).unwrap();
         assert_eq!(c.socket, PathBuf::from("/other/totpd.sock"));
         assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.mounts, ["deploy"]);
+        assert_eq!(c.purge_interval.as_secs(), 5);
+        let c = ServeArgs::default().resolve(None).unwrap();
+        assert_eq!((c.mounts.len(), c.purge_interval.as_secs()), (0, 600));
     }
 
     #[test]
@@ -270,6 +329,9 @@ mod tests {
             ("max_connections = 0\n", "max_connections"),
             ("readers = 0\n", "readers"),
             ("read_queue = 2000000\n", "read_queue"),
+            ("purge_interval = \"0s\"\n", "purge_interval"),
+            ("purge_interval = -5\n", "purge_interval"),
+            ("purge_interval = true\n", "purge_interval"),
         ] {
             let f = dir.path().join("n.toml");
             std::fs::write(&f, line).unwrap();
@@ -281,5 +343,7 @@ mod tests {
             assert!(e.contains(key), "{e}");
         }
         assert_eq!(parse_octal("0660"), Ok(0o660));
+        assert_eq!(parse_interval("10m"), Ok(600));
+        assert!(parse_interval("0").is_err() && parse_interval("soon").is_err());
     }
 }

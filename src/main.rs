@@ -61,6 +61,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make, list and delete Nitride one-time policy tokens (needs sudo on
+    /// auth/<mount>/totp: root over the socket has it).
+    #[command(subcommand)]
+    Nitride(NitrideCmd),
     /// Send one raw request to the daemon over the socket and print the answer body,
     /// like curl --unix-socket. Example: totpd api GET /v1/sys/health
     Api {
@@ -75,6 +79,51 @@ enum Command {
         #[arg(short, long)]
         include: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum NitrideCmd {
+    /// Make a token that allows one update of POLICY before it expires; prints its uuid,
+    /// which is shown only this once. The holder spends it with
+    /// PUT /v1/sys/policies/acl/POLICY {"policy": ..., "totp": "<uuid>"}.
+    Create {
+        /// The existing ACL policy the token may update once.
+        #[arg(long)]
+        policy: String,
+        /// How long the token stays good: seconds, or a duration such as 10m or 1h.
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: i64,
+        /// The auth mount to make it under.
+        #[arg(long, default_value = "ratls")]
+        mount: String,
+        /// Print the whole answer (the Vault envelope) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a mount's tokens: first 8 characters, policy, expiry, and state.
+    List {
+        #[arg(long, default_value = "ratls")]
+        mount: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a token (succeeds also when there is no such token).
+    Delete {
+        /// The token's uuid.
+        uuid: String,
+        #[arg(long, default_value = "ratls")]
+        mount: String,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<i64, String> {
+    match totpd::api::fields::parse_seconds(s) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a positive duration such as 600, 90s or 10m"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -131,6 +180,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket),
         Command::Secret(cmd) => run_client(secret(client(), cmd)),
+        Command::Nitride(cmd) => run_client(nitride(client(), cmd)),
         Command::Code {
             id,
             min_validity,
@@ -426,6 +476,108 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> 
             Ok(Printed::Ok(String::new()))
         }
     }
+}
+
+/// A Nitride-shaped refusal as one line: the message, then each field's fault.
+fn nitride_refusal(reply: &totpd::client::Reply) -> Printed {
+    let Some(v) = reply.json() else {
+        return Printed::Refused(format!("the daemon answered HTTP {}", reply.status));
+    };
+    let mut msg = v["message"]
+        .as_str()
+        .or_else(|| v["errors"][0].as_str())
+        .unwrap_or("refused")
+        .to_string();
+    for (field, why) in v["errors"].as_object().into_iter().flatten() {
+        msg.push_str(&format!("; {field}: {}", why.as_str().unwrap_or_default()));
+    }
+    Printed::Refused(msg)
+}
+
+async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError> {
+    let base = |mount: &str| format!("/v1/auth/{}/totp", path_segment(mount));
+    match cmd {
+        NitrideCmd::Create {
+            policy,
+            ttl,
+            mount,
+            json,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let body = serde_json::json!({"policy": policy, "expiration": now.saturating_add(ttl)});
+            let reply = client
+                .request("PUT", &base(&mount), Some(body.to_string().into_bytes()))
+                .await?;
+            if !reply.is_success() {
+                return Ok(nitride_refusal(&reply));
+            }
+            let v = reply.json().unwrap_or_default();
+            Ok(Printed::Ok(if json {
+                v.to_string()
+            } else {
+                v["data"]["uuid"].as_str().unwrap_or_default().to_string()
+            }))
+        }
+        NitrideCmd::List { mount, json } => {
+            let reply = client.request("LIST", &base(&mount), None).await?;
+            if !reply.is_success() {
+                return Ok(nitride_refusal(&reply));
+            }
+            let v = reply.json().unwrap_or_default();
+            if json {
+                return Ok(Printed::Ok(v["data"]["tokens"].to_string()));
+            }
+            let mut out = format!(
+                "{:<8}  {:<24}  {:<20}  {}",
+                "TOKEN", "POLICY", "EXPIRES", "STATE"
+            );
+            for t in v["data"]["tokens"].as_array().into_iter().flatten() {
+                let state = if t["spent"].as_bool() == Some(true) {
+                    "spent"
+                } else if t["expired"].as_bool() == Some(true) {
+                    "expired"
+                } else {
+                    "unspent"
+                };
+                out.push_str(&format!(
+                    "\n{:<8}  {:<24}  {:<20}  {}",
+                    t["prefix"].as_str().unwrap_or_default(),
+                    t["policy"].as_str().unwrap_or_default(),
+                    rfc3339(t["expiration"].as_i64().unwrap_or_default()),
+                    state
+                ));
+            }
+            Ok(Printed::Ok(out))
+        }
+        NitrideCmd::Delete { uuid, mount } => {
+            let reply = client
+                .request(
+                    "DELETE",
+                    &format!("{}/{}", base(&mount), path_segment(&uuid)),
+                    None,
+                )
+                .await?;
+            if !reply.is_success() {
+                return Ok(nitride_refusal(&reply));
+            }
+            Ok(Printed::Ok(String::new()))
+        }
+    }
+}
+
+/// Unix seconds as `2026-11-27T10:00:00Z`.
+fn rfc3339(secs: i64) -> String {
+    u64::try_from(secs)
+        .ok()
+        .map(|s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 async fn code(

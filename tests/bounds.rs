@@ -115,6 +115,31 @@ impl AgentStore for Overloaded {
     }
 }
 
+#[async_trait]
+impl PolicyTokenStore for Overloaded {
+    async fn create_policy_token(&self, _: &PolicyTokenRecord) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn list_policy_tokens(&self, _: &str) -> Result<Vec<PolicyTokenRecord>, StoreError> {
+        busy()
+    }
+    async fn delete_policy_token(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        busy()
+    }
+    async fn spend_policy_token_and_update(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i64,
+    ) -> Result<Spend, StoreError> {
+        busy()
+    }
+    async fn purge_policy_tokens(&self, _: i64) -> Result<usize, StoreError> {
+        busy()
+    }
+}
+
 impl Store for Overloaded {
     fn close(&self) {}
 }
@@ -193,6 +218,35 @@ async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape
             Some(json!({"policy": {"path": {}}})),
             "vault",
         ),
+        (
+            root,
+            "PUT",
+            "/v1/auth/ratls/totp".into(),
+            Some(json!({"policy": "p", "expiration": 4_000_000_000i64})),
+            "nitride",
+        ),
+        (
+            root,
+            "GET",
+            "/v1/auth/ratls/totp?list=true".into(),
+            None,
+            "nitride",
+        ),
+        (
+            root,
+            "DELETE",
+            format!("/v1/auth/ratls/totp/{id}"),
+            None,
+            "nitride",
+        ),
+        // A default-policy peer spending a token: no right needed, the store is busy.
+        (
+            Peer::Unix { uid: Some(1234) },
+            "PUT",
+            "/v1/sys/policies/acl/p".into(),
+            Some(json!({"policy": {"path": {}}, "totp": id})),
+            "vault",
+        ),
         // A default-policy peer: no store read either; its write fails at the store.
         (
             Peer::Unix { uid: Some(1234) },
@@ -214,6 +268,10 @@ async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape
             "agent" => {
                 assert_eq!(json["status"], "error", "{path}: {json}");
                 assert!(json["error"].as_str().is_some_and(|e| e.contains("busy")));
+            }
+            "nitride" => {
+                assert_eq!(json["statusCode"], 503, "{path}: {json}");
+                assert!(json["message"].as_str().is_some_and(|e| e.contains("busy")));
             }
             _ => assert!(
                 json["errors"][0]

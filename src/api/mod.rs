@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod extract;
 pub mod fields;
+pub mod nitride;
 pub mod sys;
 pub mod vault;
 pub mod vault_mfa;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Bounds the CPU and memory QR rendering can take, whatever clients send.
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// The auth mounts that hold Nitride policy tokens.
+    pub mounts: Arc<nitride::Mounts>,
 }
 
 impl AppState {
@@ -45,7 +48,14 @@ impl AppState {
             store,
             metrics: Default::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
+            mounts: Arc::new(nitride::Mounts::default()),
         }
+    }
+
+    /// The same state serving these Nitride mounts.
+    pub fn with_mounts(mut self, mounts: nitride::Mounts) -> Self {
+        self.mounts = Arc::new(mounts);
+        self
     }
 }
 
@@ -86,9 +96,13 @@ pub enum BodyError {
     Read(String),
     #[error("malformed JSON: {0}")]
     Malformed(String),
-    /// A well-formed body with a field of the wrong type or value; names the field.
-    #[error("{0}")]
-    Field(String),
+    /// A well-formed body with a field of the wrong type or value (`field` names it), or
+    /// a body that is not an object (`field` is `None`).
+    #[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Field {
+        field: Option<String>,
+        message: String,
+    },
 }
 
 impl BodyError {
@@ -143,9 +157,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
-            return Err(BodyError::Field(
-                "request body must be a JSON object".into(),
-            ))
+            return Err(BodyError::Field {
+                field: None,
+                message: "request body must be a JSON object".into(),
+            })
         }
         _ => {}
     }
@@ -154,10 +169,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data if path != "." => {
-                BodyError::Field(format!("{path}: {}", redact(&inner.to_string())))
-            }
-            serde_json::error::Category::Data => BodyError::Field(redact(&inner.to_string())),
+            serde_json::error::Category::Data => BodyError::Field {
+                field: (path != ".").then_some(path),
+                message: redact(&inner.to_string()),
+            },
             _ => BodyError::Malformed(inner.to_string()),
         }
     })
@@ -187,6 +202,12 @@ fn redact(msg: &str) -> String {
 /// the shared layers (body, auth, store), so every surface maps them the same way.
 pub trait SurfaceError: Sized {
     fn with_status(status: StatusCode, message: String) -> Self;
+
+    /// A body that could not be read or parsed. A surface whose shape names fields
+    /// apart from the message overrides this.
+    fn from_body(e: BodyError) -> Self {
+        Self::with_status(e.status(), e.to_string())
+    }
 }
 
 /// A fault of ours, not the client's: logged in full (inside the request's span, so the
@@ -227,7 +248,7 @@ macro_rules! surface_error {
     ($t:ty) => {
         impl From<$crate::api::BodyError> for $t {
             fn from(e: $crate::api::BodyError) -> Self {
-                <$t as $crate::api::SurfaceError>::with_status(e.status(), e.to_string())
+                <$t as $crate::api::SurfaceError>::from_body(e)
             }
         }
         impl From<&$crate::auth::AuthError> for $t {
@@ -269,7 +290,12 @@ pub struct Surface {
 }
 
 /// Every surface. A path no prefix matches answers in Vault's shape.
-pub const SURFACES: &[Surface] = &[sys::SURFACE, vault_mfa::SURFACE, agent::SURFACE];
+pub const SURFACES: &[Surface] = &[
+    sys::SURFACE,
+    vault_mfa::SURFACE,
+    agent::SURFACE,
+    nitride::SURFACE,
+];
 
 /// The whole application: every surface's routes, plus 404/405 in the shape of the
 /// surface the path belongs to.
@@ -296,18 +322,31 @@ async fn method_not_allowed(uri: Uri, method: Method) -> Response {
 
 /// An error in the shape of the surface that owns `path`.
 pub fn error_for_path(path: &str, status: StatusCode, msg: &str) -> Response {
-    let owner = SURFACES
-        .iter()
-        .flat_map(|s| s.prefixes.iter().map(move |p| (*p, s)))
-        .filter(|(p, _)| {
-            path.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-        .max_by_key(|(p, _)| p.len());
-    match owner {
-        Some((_, s)) => (s.error)(status, msg),
+    match owner(path) {
+        Some(s) => (s.error)(status, msg),
         None => vault::error(status, msg),
     }
+}
+
+/// The surface whose prefix covers `path`; the longest prefix wins.
+fn owner(path: &str) -> Option<&'static Surface> {
+    SURFACES
+        .iter()
+        .flat_map(|s| s.prefixes.iter().map(move |p| (*p, s)))
+        .filter(|(p, _)| covers(p, path))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, s)| s)
+}
+
+/// Whether the surface prefix `prefix` covers `path`, segment by segment: `/v1/sys`
+/// covers `/v1/sys/health` but not `/v1/system`. A `*` segment matches any one
+/// non-empty segment (`/v1/auth/*/totp`, for any mount).
+pub fn covers(prefix: &str, path: &str) -> bool {
+    let mut segs = path.split('/');
+    prefix.split('/').all(|p| {
+        segs.next()
+            .is_some_and(|s| p == s || (p == "*" && !s.is_empty()))
+    })
 }
 
 /// The OpenAPI 3 document, kept in the repository beside this file. `tests/openapi.rs`
@@ -332,17 +371,42 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_cover_whole_segments() {
+        assert!(covers("/v1/sys", "/v1/sys"));
+        assert!(covers("/v1/sys", "/v1/sys/health"));
+        assert!(!covers("/v1/sys", "/v1/system"));
+        assert!(!covers("/v1/sys", "/v1"));
+        assert!(covers("/v1/auth/*/totp", "/v1/auth/ratls/totp/x"));
+        assert!(!covers("/v1/auth/*/totp", "/v1/auth//totp"));
+        assert!(!covers("/v1/auth/*/totp", "/v1/auth/token/create"));
+        // The longer prefix wins: token paths stay the system API's.
+        assert!(owner("/v1/auth/token/create").is_some_and(|s| s.prefixes == sys::SURFACE.prefixes));
+        assert!(
+            owner("/v1/auth/ci/totp/x").is_some_and(|s| s.prefixes == nitride::SURFACE.prefixes)
+        );
+    }
+
+    #[test]
     fn body_errors_name_the_field() {
         match parse_json::<T>(br#"{"digits": "x"}"#) {
-            Err(BodyError::Field(m)) => assert!(m.starts_with("digits: "), "{m}"),
+            Err(e @ BodyError::Field { .. }) => {
+                assert!(e.to_string().starts_with("digits: "), "{e}");
+                assert!(matches!(e, BodyError::Field { field: Some(f), .. } if f == "digits"));
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             parse_json::<T>(b"{\"digits\": "),
             Err(BodyError::Malformed(_))
         ));
-        assert!(matches!(parse_json::<T>(b"{}"), Err(BodyError::Field(_))));
-        assert!(matches!(parse_json::<T>(b"[6]"), Err(BodyError::Field(_))));
+        assert!(matches!(
+            parse_json::<T>(b"{}"),
+            Err(BodyError::Field { field: None, .. })
+        ));
+        assert!(matches!(
+            parse_json::<T>(b"[6]"),
+            Err(BodyError::Field { field: None, .. })
+        ));
     }
 
     #[test]
@@ -353,7 +417,8 @@ mod tests {
             br#"{"digits": 1.5}"#,
         ] {
             match parse_json::<T>(body) {
-                Err(BodyError::Field(m)) => {
+                Err(e @ BodyError::Field { .. }) => {
+                    let m = e.to_string();
                     assert!(m.starts_with("digits: invalid"), "{m}");
                     assert!(
                         !m.contains("123456") && !m.contains("12345678") && !m.contains("1.5"),

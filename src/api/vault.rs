@@ -73,7 +73,8 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    fn listing(&self) -> bool {
+    /// Whether the request is a LIST.
+    pub fn listing(&self) -> bool {
         self.list.as_deref() == Some("true")
     }
 

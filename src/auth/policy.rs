@@ -66,6 +66,18 @@ pub enum PolicyError {
     Glob(String),
 }
 
+/// A policy name as stored: lower-cased, as Vault does, and 1..=128 letters, digits,
+/// '-', '_', '.' or '@'. `None` if `raw` cannot be one.
+pub fn name(raw: &str) -> Option<String> {
+    let name = raw.to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    ok.then_some(name)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Doc {

@@ -50,6 +50,8 @@ pub async fn daemon(
     inherited: Vec<listen::Inherited>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    // Checked before anything is created: a bad mount is a configuration error.
+    let mounts = api::nitride::Mounts::new(&cfg.mounts).map_err(ServerError::Config)?;
     prepare_dirs(&cfg)?;
     let mut opts = SqliteOptions::new(&cfg.db);
     opts.readers = cfg.readers.unwrap_or(opts.readers);
@@ -79,13 +81,16 @@ pub async fn daemon(
             create_root_token(&cfg, store.as_ref()).await?;
         }
         let listeners = bind(&cfg, inherited).await?;
-        let state = AppState::new(store.clone());
+        tracing::info!(mounts = ?mounts.names(), "policy token mounts");
+        let state = AppState::new(store.clone()).with_mounts(mounts);
         let app = http::app(state, nix::unistd::getuid().as_raw());
         let limits = ConnLimits {
             header_timeout: cfg.header_timeout,
             max_connections: cfg.max_connections,
         };
+        let purge = api::nitride::spawn_purge(store.clone(), cfg.purge_interval);
         run(listeners, app, limits, shutdown).await;
+        purge.abort();
         Ok(())
     }
     .await;

@@ -62,6 +62,8 @@ pub enum Thing {
     MfaSecret,
     #[error("agent secret")]
     AgentSecret,
+    #[error("policy")]
+    Policy,
 }
 
 /// Why a write was refused as conflicting.
@@ -152,6 +154,62 @@ pub struct AgentSecretInfo {
     pub created_at: i64,
 }
 
+/// A Nitride one-time policy token as stored. The uuid itself is a bearer credential and
+/// is never stored: only its hash, and its first 8 characters for people and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTokenRecord {
+    /// Hex SHA-256 of the uuid in its canonical form (lower-case, hyphenated).
+    pub hash: String,
+    /// The uuid's first 8 characters.
+    pub prefix: String,
+    /// The auth mount the token was made under (`ratls`, ...).
+    pub mount: String,
+    /// The one policy the token may update.
+    pub policy: String,
+    pub created_at: i64,
+    /// Unix seconds; the token is good strictly before this.
+    pub expires_at: i64,
+    /// When it was spent; `None` while it is still good.
+    pub spent_at: Option<i64>,
+}
+
+/// What [`PolicyTokenStore::spend_policy_token_and_update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// The policy was written and the token is spent, in one transaction.
+    Spent,
+    /// Nothing changed, for this reason (logged and counted, never told to the caller).
+    Refused(SpendRefusal),
+}
+
+/// Why a policy token was not spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendRefusal {
+    /// No token has this hash: never made, deleted, or purged.
+    Unknown,
+    /// Already spent.
+    Spent,
+    /// Its expiration has passed.
+    Expired,
+    /// It was made for another policy.
+    OtherPolicy,
+    /// Its policy no longer exists: a token updates a policy, it does not bring one back.
+    PolicyGone,
+}
+
+impl SpendRefusal {
+    /// A short name for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            SpendRefusal::Unknown => "unknown",
+            SpendRefusal::Spent => "spent",
+            SpendRefusal::Expired => "expired",
+            SpendRefusal::OtherPolicy => "other_policy",
+            SpendRefusal::PolicyGone => "policy_gone",
+        }
+    }
+}
+
 /// API tokens. Only hashes are stored.
 #[async_trait]
 pub trait TokenStore {
@@ -178,6 +236,33 @@ pub trait PolicyStore {
     async fn delete_policy(&self, name: &str) -> Result<bool, StoreError>;
     /// Names of the stored policies, sorted.
     async fn list_policies(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Nitride one-time policy tokens: each allows exactly one update of one policy.
+#[async_trait]
+pub trait PolicyTokenStore {
+    /// Stores a new token. Its policy must exist, checked in the same transaction:
+    /// `NotFound(Policy)`. `Conflict(Duplicate)` if the hash exists.
+    async fn create_policy_token(&self, t: &PolicyTokenRecord) -> Result<(), StoreError>;
+    /// The tokens of `mount` (spent and expired ones too, until purged), oldest first.
+    async fn list_policy_tokens(&self, mount: &str) -> Result<Vec<PolicyTokenRecord>, StoreError>;
+    /// Deletes the token with this hash if it belongs to `mount`; false if it has none.
+    async fn delete_policy_token(&self, mount: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Spends the token with this hash on writing `document` as policy `policy`: only if
+    /// the token exists, is unspent, has not expired at `now`, was made for `policy`, and
+    /// the policy still exists. The write and the spending are one transaction, atomic
+    /// against every concurrent call: of any number of spends of one token, on any
+    /// number of daemons, exactly one writes. Whichever mount made the token.
+    async fn spend_policy_token_and_update(
+        &self,
+        hash: &str,
+        policy: &str,
+        document: &str,
+        now: i64,
+    ) -> Result<Spend, StoreError>;
+    /// Deletes every spent token and every token expired at `now`; returns how many.
+    /// A purged token is unknown, and unknown is refused like spent.
+    async fn purge_policy_tokens(&self, now: i64) -> Result<usize, StoreError>;
 }
 
 /// Vault identity MFA TOTP methods, and the secrets entities hold for them.
@@ -248,7 +333,9 @@ pub trait AgentStore {
 }
 
 /// Every area of the store, as one handle the app holds.
-pub trait Store: TokenStore + PolicyStore + MfaStore + AgentStore + Send + Sync {
+pub trait Store:
+    TokenStore + PolicyStore + PolicyTokenStore + MfaStore + AgentStore + Send + Sync
+{
     /// Finishes queued writes and closes the database; later calls fail with `Closed`.
     /// Blocks: call it off the async workers.
     fn close(&self);

@@ -10,6 +10,7 @@ mod agent;
 mod mfa;
 mod migrate;
 mod otp_secrets;
+mod policy_tokens;
 mod readers;
 mod writer;
 

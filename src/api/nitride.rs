@@ -1,0 +1,510 @@
+//! Nitride's one-time policy tokens, under `/v1/auth/<mount>/totp`. An operator with
+//! `sudo` makes a token: a v4 uuid that allows exactly one update of one named ACL
+//! policy before it expires. A workload spends it by sending it as `totp` with that
+//! update (`PUT /v1/sys/policies/acl/<name>`, see [`spend`]), without holding any right
+//! on the policy itself.
+//!
+//! The uuid is a bearer credential: it is shown once, stored as its SHA-256, and logged
+//! only as its first 8 characters. Every refusal of a spend looks the same to the
+//! caller; the reason goes to the log and the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, put};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use super::vault::{self, ListQuery};
+use super::{extract, now, read_json, surface_error, AppState, BodyError, Surface, SurfaceError};
+use crate::auth::{self, Capability};
+use crate::store::{PolicyTokenRecord, Spend, Store, StoreError, Thing};
+
+/// The Nitride token surface, with Nitride's error shape on every path of every mount.
+pub const SURFACE: Surface = Surface {
+    prefixes: &["/v1/auth/*/totp"],
+    routes,
+    error: |status, msg| NitrideError::new(status, msg).into_response(),
+};
+
+/// The mount every daemon has.
+pub const DEFAULT_MOUNT: &str = "ratls";
+
+/// The caller, rejected in this surface's shape.
+type Caller = extract::Caller<NitrideError>;
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/{mount}/totp", put(create).get(list))
+        .route("/v1/auth/{mount}/totp/{uuid}", delete(remove))
+}
+
+// ----- mounts -----
+
+/// The auth mounts that hold policy tokens: `ratls` and any configured with `--mount`.
+/// Each holds its own tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounts(Vec<String>);
+
+impl Default for Mounts {
+    fn default() -> Self {
+        Mounts(vec![DEFAULT_MOUNT.into()])
+    }
+}
+
+impl Mounts {
+    /// `ratls` plus `extra`. Refuses a name that is not one plain path segment, or that
+    /// would put `/v1/auth/<name>/totp` under another surface's paths (`token`).
+    pub fn new(extra: &[String]) -> Result<Mounts, String> {
+        let mut all = Mounts::default().0;
+        for name in extra {
+            check_mount(name)?;
+            if !all.contains(name) {
+                all.push(name.clone());
+            }
+        }
+        Ok(Mounts(all))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|m| m == name)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A mount name: 1..=64 of lower-case letters, digits, '-' and '_', starting with a
+/// letter or digit, and not a path another surface already serves.
+fn check_mount(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if !ok {
+        return Err(format!(
+            "mount {name:?}: a mount name is 1 to 64 lower-case letters, digits, '-' or '_'"
+        ));
+    }
+    let path = format!("/v1/auth/{name}/totp");
+    let taken = super::SURFACES
+        .iter()
+        .filter(|s| s.prefixes != SURFACE.prefixes)
+        .flat_map(|s| s.prefixes.iter())
+        .find(|p| super::covers(p, &path) || super::covers(&path, p));
+    match taken {
+        Some(p) => Err(format!(
+            "mount {name:?}: /v1/auth/{name} collides with the existing route {p}"
+        )),
+        None => Ok(()),
+    }
+}
+
+// ----- errors -----
+
+/// `{"statusCode": 400, "message": "...", "errors": {"<field>": "..."}}`; `errors` only
+/// when a field is at fault, as in Nitride's samples.
+#[derive(Debug)]
+pub struct NitrideError {
+    pub status: StatusCode,
+    pub message: String,
+    pub errors: BTreeMap<String, String>,
+}
+
+impl NitrideError {
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        NitrideError {
+            status,
+            message: msg.into(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// 400 naming each bad field.
+    fn fields(errors: BTreeMap<String, String>) -> Self {
+        NitrideError {
+            status: StatusCode::BAD_REQUEST,
+            message: "Invalid request".into(),
+            errors,
+        }
+    }
+
+    fn field(field: &str, msg: impl Into<String>) -> Self {
+        Self::fields(BTreeMap::from([(field.to_string(), msg.into())]))
+    }
+
+    fn unknown_mount(mount: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no auth mount {mount:?}"))
+    }
+}
+
+impl IntoResponse for NitrideError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"statusCode": self.status.as_u16(), "message": self.message});
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl SurfaceError for NitrideError {
+    fn with_status(status: StatusCode, message: String) -> Self {
+        NitrideError::new(status, message)
+    }
+
+    /// A field at fault is named in `errors`; a body that is not a JSON object (or not
+    /// JSON) is the field `body`.
+    fn from_body(e: BodyError) -> Self {
+        let status = e.status();
+        match e {
+            BodyError::Field {
+                field: Some(f),
+                message,
+            } => Self::field(&f, message),
+            e @ (BodyError::Field { field: None, .. } | BodyError::Malformed(_)) => {
+                Self::field("body", e.to_string())
+            }
+            e => Self::new(status, e.to_string()),
+        }
+    }
+}
+
+surface_error!(NitrideError);
+
+type Res = Result<Response, NitrideError>;
+
+// ----- the uuid as a credential -----
+
+/// A presented uuid as stored: (hash, first 8 characters). Any spelling the uuid crate
+/// reads (upper case, no hyphens) is the same token. `None` if it is no uuid.
+pub fn token_key(raw: &str) -> Option<(String, String)> {
+    uuid::Uuid::parse_str(raw.trim()).ok().map(|u| key_of(&u))
+}
+
+/// (hash, first 8 characters) of the uuid's canonical, lower-case hyphenated form.
+fn key_of(u: &uuid::Uuid) -> (String, String) {
+    let canonical = u.hyphenated().to_string();
+    let prefix = canonical.chars().take(8).collect();
+    (auth::hash_token(&canonical), prefix)
+}
+
+/// Sudo on `auth/<mount>/totp`, or on the exact request path, lets a caller create,
+/// list and delete tokens.
+fn require_sudo(who: &Caller, mount: &str, exact: Option<&str>) -> Result<(), NitrideError> {
+    let base = format!("auth/{mount}/totp");
+    if who.allowed(&base, Capability::Sudo)
+        || exact.is_some_and(|p| who.allowed(p, Capability::Sudo))
+    {
+        Ok(())
+    } else {
+        Err(NitrideError::new(
+            StatusCode::FORBIDDEN,
+            "permission denied",
+        ))
+    }
+}
+
+fn check_mount_known(st: &AppState, mount: &str) -> Result<(), NitrideError> {
+    if st.mounts.contains(mount) {
+        Ok(())
+    } else {
+        Err(NitrideError::unknown_mount(mount))
+    }
+}
+
+// ----- create -----
+
+/// A create request, every field checked and every fault named at once.
+#[derive(Debug)]
+struct Create {
+    expiration: i64,
+    policy: String,
+}
+
+fn parse_create(body: &Map<String, Value>, now: i64) -> Result<Create, NitrideError> {
+    let mut errors = BTreeMap::new();
+    let mut bad = |field: &str, msg: &str| {
+        errors.insert(field.to_string(), msg.to_string());
+    };
+    let expiration = match body.get("expiration") {
+        None | Some(Value::Null) => {
+            bad("expiration", "is required (unix seconds)");
+            None
+        }
+        Some(v) => match v.as_i64() {
+            None => {
+                bad("expiration", "must be an integer (unix seconds)");
+                None
+            }
+            Some(e) if e <= now => {
+                bad("expiration", "must be in the future");
+                None
+            }
+            Some(e) => Some(e),
+        },
+    };
+    let policy = match body.get("policy") {
+        None | Some(Value::Null) => {
+            bad("policy", "is required");
+            None
+        }
+        Some(Value::String(p)) => match auth::policy::name(p) {
+            None => {
+                bad(
+                    "policy",
+                    "is not a policy name (letters, digits, '-', '_', '.', '@')",
+                );
+                None
+            }
+            Some(p) if p == auth::ROOT || p == auth::DEFAULT => {
+                bad("policy", "cannot be a built-in policy (root, default)");
+                None
+            }
+            Some(p) => Some(p),
+        },
+        Some(_) => {
+            bad("policy", "must be a string");
+            None
+        }
+    };
+    // Sent by Nitride's own samples and replaced by the daemon; only their types count.
+    if body
+        .get("created")
+        .is_some_and(|v| !v.is_null() && !v.is_i64())
+    {
+        bad("created", "must be an integer (unix seconds)");
+    }
+    if body
+        .get("uuid")
+        .is_some_and(|v| !v.is_null() && !v.is_string())
+    {
+        bad("uuid", "must be a string");
+    }
+    match (expiration, policy) {
+        (Some(expiration), Some(policy)) if errors.is_empty() => Ok(Create { expiration, policy }),
+        _ => Err(NitrideError::fields(errors)),
+    }
+}
+
+async fn create(
+    State(st): State<AppState>,
+    Path(mount): Path<String>,
+    who: Caller,
+    body: Body,
+) -> Res {
+    check_mount_known(&st, &mount)?;
+    require_sudo(&who, &mount, None)?;
+    let body: Map<String, Value> = read_json(body).await?;
+    let now = now();
+    let req = parse_create(&body, now)?;
+
+    let uuid = uuid::Uuid::new_v4();
+    let (hash, prefix) = key_of(&uuid);
+    let rec = PolicyTokenRecord {
+        hash,
+        prefix: prefix.clone(),
+        mount: mount.clone(),
+        policy: req.policy.clone(),
+        created_at: now,
+        expires_at: req.expiration,
+        spent_at: None,
+    };
+    match st.store.create_policy_token(&rec).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound(Thing::Policy)) => {
+            return Err(NitrideError::field("policy", "no such policy"))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(token = %prefix, mount = %mount, policy = %req.policy, expiration = req.expiration, "policy token created");
+    Ok(vault::ok(
+        &who.request_id,
+        json!({
+            "created": now,
+            "expiration": req.expiration,
+            "policy": req.policy,
+            "uuid": uuid.hyphenated().to_string(),
+        }),
+    ))
+}
+
+// ----- list (totpd's extension) -----
+
+async fn list(
+    State(st): State<AppState>,
+    Path(mount): Path<String>,
+    who: Caller,
+    Query(q): Query<ListQuery>,
+) -> Res {
+    check_mount_known(&st, &mount)?;
+    if !q.listing() {
+        return Err(NitrideError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "unsupported operation: use LIST or ?list=true",
+        ));
+    }
+    require_sudo(&who, &mount, None)?;
+    let now = now();
+    let tokens = st.store.list_policy_tokens(&mount).await?;
+    let keys: Vec<&str> = tokens.iter().map(|t| t.prefix.as_str()).collect();
+    let info: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "prefix": t.prefix,
+                "policy": t.policy,
+                "created": t.created_at,
+                "expiration": t.expires_at,
+                "spent": t.spent_at.is_some(),
+                "spent_at": t.spent_at,
+                "expired": t.expires_at <= now,
+            })
+        })
+        .collect();
+    Ok(vault::ok(
+        &who.request_id,
+        json!({ "keys": keys, "tokens": info }),
+    ))
+}
+
+// ----- delete -----
+
+async fn remove(
+    State(st): State<AppState>,
+    Path((mount, raw)): Path<(String, String)>,
+    who: Caller,
+) -> Res {
+    check_mount_known(&st, &mount)?;
+    require_sudo(&who, &mount, Some(&format!("auth/{mount}/totp/{raw}")))?;
+    let (hash, prefix) =
+        token_key(&raw).ok_or_else(|| NitrideError::field("uuid", "must be a UUID"))?;
+    if st.store.delete_policy_token(&mount, &hash).await? {
+        tracing::info!(token = %prefix, mount = %mount, "policy token deleted");
+    }
+    // As Nitride: success whether or not there was such a token.
+    Ok(vault::ok(&who.request_id, json!({})))
+}
+
+// ----- spending -----
+
+/// Spends the token `presented` on writing `document` (already validated) as policy
+/// `name`, in one store operation. True if written; false if refused, for whatever
+/// reason (unknown, spent, expired, another policy's, not a uuid): the reason is
+/// logged with the token's first 8 characters and counted, never told to the caller.
+pub async fn spend(
+    st: &AppState,
+    presented: &str,
+    name: &str,
+    document: &str,
+) -> Result<bool, StoreError> {
+    let Some((hash, prefix)) = token_key(presented) else {
+        tracing::warn!(policy = %name, reason = "malformed", "policy token refused");
+        st.metrics.verification("nitride", "malformed");
+        return Ok(false);
+    };
+    match st
+        .store
+        .spend_policy_token_and_update(&hash, name, document, now())
+        .await?
+    {
+        Spend::Spent => {
+            tracing::info!(token = %prefix, policy = %name, "policy token spent");
+            st.metrics.verification("nitride", "accepted");
+            Ok(true)
+        }
+        Spend::Refused(r) => {
+            tracing::warn!(token = %prefix, policy = %name, reason = r.reason(), "policy token refused");
+            st.metrics.verification("nitride", r.reason());
+            Ok(false)
+        }
+    }
+}
+
+// ----- purging -----
+
+/// Purges spent and expired tokens now and then every `every`, for as long as the
+/// returned task runs (the daemon aborts it at shutdown). A failed purge is logged and
+/// tried again next time; nothing depends on it but the table's size.
+pub fn spawn_purge(store: Arc<dyn Store>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // The first tick is immediate: a purge on start.
+            tick.tick().await;
+            match store.purge_policy_tokens(now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged spent and expired policy tokens"),
+                Err(StoreError::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "purging policy tokens failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_names() {
+        assert!(Mounts::new(&["ci".into(), "deploy-2".into()]).is_ok());
+        let m = Mounts::new(&["ci".into(), "ci".into()]).unwrap();
+        assert_eq!(m.names(), ["ratls", "ci"]);
+        for bad in ["", "Ci", "a/b", "-x", "x y", &"a".repeat(65)] {
+            assert!(Mounts::new(&[bad.to_string()]).is_err(), "{bad:?}");
+        }
+        let e = Mounts::new(&["token".into()]).unwrap_err();
+        assert!(e.contains("collides"), "{e}");
+    }
+
+    #[test]
+    fn a_uuid_in_any_spelling_is_one_token() {
+        let u = "6F9619FF-8B86-D011-B42D-00CF4FC964FF";
+        let (h1, p1) = token_key(u).unwrap();
+        let (h2, p2) = token_key(&u.to_lowercase().replace('-', "")).unwrap();
+        assert_eq!((h1.as_str(), p1.as_str()), (h2.as_str(), "6f9619ff"));
+        assert_eq!(p2, "6f9619ff");
+        assert!(token_key("text").is_none());
+        assert!(token_key("").is_none());
+    }
+
+    #[test]
+    fn create_names_every_bad_field() {
+        let now = 1_000;
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let e = parse_create(
+            &body(json!({"expiration": "soon", "created": "x", "uuid": 5})),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.errors.keys().collect::<Vec<_>>(),
+            ["created", "expiration", "policy", "uuid"]
+        );
+        let e = parse_create(&body(json!({"expiration": 999, "policy": "root"})), now).unwrap_err();
+        assert_eq!(
+            e.errors.keys().collect::<Vec<_>>(),
+            ["expiration", "policy"]
+        );
+        let e = parse_create(&body(json!({"expiration": 1.5e9, "policy": "p"})), now).unwrap_err();
+        assert!(e.errors.contains_key("expiration"));
+        let ok = parse_create(
+            &body(json!({"created": 0, "expiration": 1_001, "policy": "Deploy", "uuid": "text"})),
+            now,
+        )
+        .unwrap();
+        assert_eq!((ok.expiration, ok.policy.as_str()), (1_001, "deploy"));
+    }
+}

@@ -1,10 +1,11 @@
 //! Conformance suite for the storage traits (`totpd::store::Store`).
 //!
 //! Every case talks only to an `Arc<dyn Store>`, so each backend must pass it unchanged:
-//! every operation of `TokenStore`, `PolicyStore`, `MfaStore` and `AgentStore` does what
-//! its doc comment says, the "atomic against every concurrent call" rules hold under 64
-//! concurrent callers (one right code is accepted exactly once, no failure goes
-//! uncounted, a method name is won by exactly one create), replay state survives a close
+//! every operation of `TokenStore`, `PolicyStore`, `PolicyTokenStore`, `MfaStore` and
+//! `AgentStore` does what its doc comment says, the "atomic against every concurrent
+//! call" rules hold under 64 concurrent callers (one right code is accepted exactly once,
+//! no failure goes uncounted, a method name is won by exactly one create) and 16
+//! concurrent spends of one policy token (exactly one writes), replay state survives a close
 //! and reopen, a database refuses a key it was not created with, and a closed store
 //! refuses work with `Closed`.
 //!
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use totpd::otp::{code_at, Outcome, Params, Refusal};
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    AgentSecretInfo, Clash, Enrollment, MethodRecord, Sealer, Store, StoreError, Thing, TokenRecord,
+    AgentSecretInfo, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Sealer, Spend,
+    SpendRefusal, Store, StoreError, Thing, TokenRecord,
 };
 use uuid::Uuid;
 
@@ -70,6 +72,10 @@ macro_rules! conformance_suite {
             case_mfa_secret_delete,
             case_mfa_check_outcomes,
             case_agent_secrets,
+            case_policy_tokens_create_list_delete,
+            case_policy_token_spend_rules,
+            case_policy_token_purge,
+            case_concurrent_spends_one_winner,
             case_concurrent_right_code_accepted_once,
             case_concurrent_wrong_codes_all_counted,
             case_replay_refused_after_reopen,
@@ -195,6 +201,25 @@ fn agent_info(label: &str, issuer: Option<&str>, created_at: i64) -> AgentSecret
         params: Params::new("SHA256", 8, 60).unwrap(),
         created_at,
     }
+}
+
+/// A policy token made at `NOW` with a fresh hash.
+fn policy_token(mount: &str, policy: &str, expires_at: i64) -> PolicyTokenRecord {
+    let hash = format!("{:064x}", Uuid::new_v4().as_u128());
+    PolicyTokenRecord {
+        prefix: hash[..8].to_string(),
+        hash,
+        mount: mount.into(),
+        policy: policy.into(),
+        created_at: NOW,
+        expires_at,
+        spent_at: None,
+    }
+}
+
+/// A policy document that says `tag`, so a test can tell which write won.
+fn tagged_doc(tag: &str) -> String {
+    serde_json::json!({"path": {format!("secret/{tag}"): {"capabilities": ["read"]}}}).to_string()
 }
 
 /// Outcomes of concurrent calls, counted by kind.
@@ -445,6 +470,262 @@ async fn case_policies(b: &dyn Backend) {
     assert!(!s.delete_policy("never-was").await.unwrap());
     assert_eq!(s.get_policy("ops").await.unwrap(), None);
     assert_eq!(s.list_policies().await.unwrap(), vec!["audit", "zeta"]);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// PolicyTokenStore
+// ---------------------------------------------------------------------------------------
+
+async fn case_policy_tokens_create_list_delete(b: &dyn Backend) {
+    let s = open(b);
+    // The policy must exist when the token is made; nothing is stored otherwise.
+    let t = policy_token("ratls", "deploy", NOW + 600);
+    assert_err!(
+        s.create_policy_token(&t).await,
+        StoreError::NotFound(Thing::Policy)
+    );
+    assert!(s.list_policy_tokens("ratls").await.unwrap().is_empty());
+
+    s.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    s.create_policy_token(&t).await.unwrap();
+    assert_err!(
+        s.create_policy_token(&t).await,
+        StoreError::Conflict(Clash::Duplicate)
+    );
+    let mut later = policy_token("ratls", "deploy", NOW + 900);
+    later.created_at = NOW + 1;
+    s.create_policy_token(&later).await.unwrap();
+    let other = policy_token("ci", "deploy", NOW + 600);
+    s.create_policy_token(&other).await.unwrap();
+
+    // Each mount lists its own, oldest first, exactly as stored.
+    assert_eq!(
+        s.list_policy_tokens("ratls").await.unwrap(),
+        vec![t.clone(), later.clone()]
+    );
+    assert_eq!(
+        s.list_policy_tokens("ci").await.unwrap(),
+        vec![other.clone()]
+    );
+    assert!(s.list_policy_tokens("nowhere").await.unwrap().is_empty());
+
+    // A mount cannot delete another mount's token.
+    assert!(!s.delete_policy_token("ratls", &other.hash).await.unwrap());
+    assert_eq!(
+        s.list_policy_tokens("ci").await.unwrap(),
+        vec![other.clone()]
+    );
+    assert!(s.delete_policy_token("ci", &other.hash).await.unwrap());
+    assert!(!s.delete_policy_token("ci", &other.hash).await.unwrap());
+    assert!(s.list_policy_tokens("ci").await.unwrap().is_empty());
+
+    // A deleted token is unknown to a spend, and nothing is written.
+    assert!(s.delete_policy_token("ratls", &t.hash).await.unwrap());
+    assert_eq!(
+        s.spend_policy_token_and_update(&t.hash, "deploy", &tagged_doc("x"), NOW)
+            .await
+            .unwrap(),
+        Spend::Refused(SpendRefusal::Unknown)
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v0"))
+    );
+    close(&s).await;
+}
+
+async fn case_policy_token_spend_rules(b: &dyn Backend) {
+    let s = open(b);
+    s.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    s.put_policy("other", &tagged_doc("o0"), NOW).await.unwrap();
+    let t = policy_token("ratls", "deploy", NOW + 60);
+    s.create_policy_token(&t).await.unwrap();
+    let spend = |hash: String, policy: &'static str, tag: &'static str, now: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            s.spend_policy_token_and_update(&hash, policy, &tagged_doc(tag), now)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Refusals change nothing: not the policy, not the token.
+    assert_eq!(
+        spend(t.hash.clone(), "other", "o1", NOW).await,
+        Spend::Refused(SpendRefusal::OtherPolicy)
+    );
+    assert_eq!(
+        spend("0".repeat(64), "deploy", "v1", NOW).await,
+        Spend::Refused(SpendRefusal::Unknown)
+    );
+    // Good strictly before its expiration.
+    assert_eq!(
+        spend(t.hash.clone(), "deploy", "v1", NOW + 60).await,
+        Spend::Refused(SpendRefusal::Expired)
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v0"))
+    );
+    assert_eq!(s.get_policy("other").await.unwrap(), Some(tagged_doc("o0")));
+    assert_eq!(
+        s.list_policy_tokens("ratls").await.unwrap()[0].spent_at,
+        None
+    );
+
+    // Spent once, by any mount's name: the write and the spending together.
+    assert_eq!(
+        spend(t.hash.clone(), "deploy", "v1", NOW + 59).await,
+        Spend::Spent
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v1"))
+    );
+    assert_eq!(
+        s.list_policy_tokens("ratls").await.unwrap()[0].spent_at,
+        Some(NOW + 59)
+    );
+    assert_eq!(
+        spend(t.hash.clone(), "deploy", "v2", NOW + 59).await,
+        Spend::Refused(SpendRefusal::Spent)
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v1"))
+    );
+
+    // A token updates its policy; it does not bring back a deleted one.
+    let gone = policy_token("ratls", "other", NOW + 60);
+    s.create_policy_token(&gone).await.unwrap();
+    assert!(s.delete_policy("other").await.unwrap());
+    assert_eq!(
+        spend(gone.hash.clone(), "other", "o2", NOW).await,
+        Spend::Refused(SpendRefusal::PolicyGone)
+    );
+    assert_eq!(s.get_policy("other").await.unwrap(), None);
+
+    // Spent stays spent, and unspent stays spendable, across a restart.
+    let kept = policy_token("ratls", "deploy", NOW + 60);
+    s.create_policy_token(&kept).await.unwrap();
+    close(&s).await;
+    let s = open(b);
+    assert_eq!(
+        s.spend_policy_token_and_update(&t.hash, "deploy", &tagged_doc("v3"), NOW)
+            .await
+            .unwrap(),
+        Spend::Refused(SpendRefusal::Spent)
+    );
+    assert_eq!(
+        s.spend_policy_token_and_update(&kept.hash, "deploy", &tagged_doc("v4"), NOW)
+            .await
+            .unwrap(),
+        Spend::Spent
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v4"))
+    );
+    close(&s).await;
+}
+
+async fn case_policy_token_purge(b: &dyn Backend) {
+    let s = open(b);
+    s.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    let spent = policy_token("ratls", "deploy", NOW + 600);
+    let expired = policy_token("ratls", "deploy", NOW + 10);
+    let live = policy_token("ci", "deploy", NOW + 600);
+    for t in [&spent, &expired, &live] {
+        s.create_policy_token(t).await.unwrap();
+    }
+    assert_eq!(
+        s.spend_policy_token_and_update(&spent.hash, "deploy", &tagged_doc("v1"), NOW)
+            .await
+            .unwrap(),
+        Spend::Spent
+    );
+    assert_eq!(
+        s.purge_policy_tokens(NOW + 9).await.unwrap(),
+        1,
+        "only the spent one"
+    );
+    assert_eq!(
+        s.purge_policy_tokens(NOW + 10).await.unwrap(),
+        1,
+        "then the expired one"
+    );
+    assert_eq!(s.purge_policy_tokens(NOW + 10).await.unwrap(), 0);
+    assert!(s.list_policy_tokens("ratls").await.unwrap().is_empty());
+    assert_eq!(
+        s.list_policy_tokens("ci").await.unwrap(),
+        vec![live.clone()]
+    );
+    // A purged token is refused as unknown: purging never makes a spent token good.
+    assert_eq!(
+        s.spend_policy_token_and_update(&spent.hash, "deploy", &tagged_doc("v2"), NOW)
+            .await
+            .unwrap(),
+        Spend::Refused(SpendRefusal::Unknown)
+    );
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v1"))
+    );
+    close(&s).await;
+}
+
+async fn case_concurrent_spends_one_winner(b: &dyn Backend) {
+    let s = open(b);
+    s.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    let t = policy_token("ratls", "deploy", NOW + 600);
+    s.create_policy_token(&t).await.unwrap();
+    const N: usize = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let (s, barrier, hash) = (Arc::clone(&s), Arc::clone(&barrier), t.hash.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = s
+                    .spend_policy_token_and_update(
+                        &hash,
+                        "deploy",
+                        &tagged_doc(&format!("w{i}")),
+                        NOW,
+                    )
+                    .await;
+                (i, r)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (i, r) = task.await.expect("spend task panicked");
+        match r {
+            Ok(Spend::Spent) => winners.push(i),
+            Ok(Spend::Refused(SpendRefusal::Spent)) => {}
+            other => panic!("spend {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {N} spends wins: {winners:?}"
+    );
+    // The policy holds the winner's document, and only its.
+    assert_eq!(
+        s.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc(&format!("w{}", winners[0])))
+    );
     close(&s).await;
 }
 

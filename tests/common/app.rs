@@ -57,6 +57,14 @@ impl TestApp {
         }
     }
 
+    /// Serves these Nitride mounts besides `ratls` from now on.
+    pub fn set_mounts(&mut self, extra: &[&str]) {
+        let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
+        let mounts = totpd::api::nitride::Mounts::new(&extra).expect("valid mounts");
+        self.state = self.state.clone().with_mounts(mounts);
+        self.app = app(self.state.clone(), DAEMON_UID);
+    }
+
     pub fn root_token(&self) -> String {
         self.root_token.clone()
     }
@@ -69,7 +77,8 @@ impl TestApp {
     pub fn reopen(&mut self) {
         self.store.close();
         self.store = open(&self.opts);
-        self.state = AppState::new(self.store.clone());
+        let mounts = (*self.state.mounts).clone();
+        self.state = AppState::new(self.store.clone()).with_mounts(mounts);
         self.app = app(self.state.clone(), DAEMON_UID);
     }
 

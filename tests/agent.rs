@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::app::TestApp;
-use common::{contains, raw, reference_totp, seed, unix_now, Daemon};
+use common::{contains, make_token, raw, reference_totp, seed, unix_now, Daemon};
 use serde_json::{json, Value};
 use totpd::auth::Peer;
 
@@ -193,15 +193,7 @@ async fn entities_see_only_their_own_secrets() {
     let app = TestApp::new().await;
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let r = app
-            .req(
-                "POST",
-                "/v1/auth/token/create",
-                Some(json!({"policies": ["default"]})),
-                None,
-            )
-            .await;
-        tokens.push(r.json["auth"]["client_token"].as_str().unwrap().to_string());
+        tokens.push(make_token(&app, json!({"policies": ["default"]})).await);
     }
     let (a, b) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
     let sa = add(&app, json!({"secret": seed(20), "label": "a"}), a).await;

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::app::TestApp;
-use common::{can_switch_uid, contains, Daemon, Requester};
+use common::{can_switch_uid, contains, make_token, Daemon, Requester};
 use serde_json::{json, Value};
 use totpd::auth::Peer;
 
@@ -35,15 +35,6 @@ async fn put_policy(d: &impl Requester, name: &str, paths: Value) {
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
-}
-
-/// Creates a token as root.
-async fn make_token(d: &impl Requester, body: Value) -> String {
-    let r = d
-        .req("POST", "/v1/auth/token/create", Some(body), None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json["auth"]["client_token"].as_str().unwrap().to_string()
 }
 
 // In-process: the HTTP surface.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::app::TestApp;
-use common::{count_rows, unix_now, Daemon, Resp, BIN};
+use common::{count_rows, make_token, unix_now, Daemon, Resp, BIN};
 use serde_json::{json, Value};
 use totpd::auth::Peer;
 use totpd::store::PolicyTokenStore;
@@ -65,6 +65,18 @@ async fn token(app: &TestApp, mount: &str, policy: &str, expiration: i64) -> Str
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json["data"]["uuid"].as_str().unwrap().to_string()
+}
+
+/// A create with these raw body bytes, as root.
+async fn create_raw(app: &TestApp, body: Vec<u8>) -> Resp {
+    app.raw(
+        Peer::Unix { uid: Some(0) },
+        "PUT",
+        "/v1/auth/ratls/totp",
+        &[],
+        Some(body),
+    )
+    .await
 }
 
 /// Spends `uuid` on writing `doc(tag)` as policy `name`, as socket peer `uid`.
@@ -153,15 +165,7 @@ async fn bad_creates_name_the_field_and_store_nothing() {
     assert!(r.json["errors"]["expiration"].is_string() && r.json["errors"]["policy"].is_string());
     // Bodies that are not an object, or not JSON.
     for raw in [&b"[1, 2]"[..], b"\"x\"", b"42", b"{\"policy\": "] {
-        let r = app
-            .raw(
-                Peer::Unix { uid: Some(0) },
-                "PUT",
-                "/v1/auth/ratls/totp",
-                &[],
-                Some(raw.to_vec()),
-            )
-            .await;
+        let r = create_raw(&app, raw.to_vec()).await;
         assert_nitride(&r, 400);
         assert!(r.json["errors"]["body"].is_string(), "{}", r.text);
     }
@@ -272,16 +276,7 @@ async fn a_token_updates_the_policy_once_over_the_socket_and_over_tcp() {
     assert_eq!(policy_of(&app, "deploy").await, doc("v1"));
 
     // A `default` token over TCP.
-    let r = app
-        .req(
-            "POST",
-            "/v1/auth/token/create",
-            Some(json!({"policies": ["default"]})),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let default_token = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let default_token = make_token(&app, json!({"policies": ["default"]})).await;
     let headers = [("x-vault-token", default_token)];
     let body = |tag: &str, uuid: &str| Some(json!({"policy": doc(tag), "totp": uuid}));
     let uuid = token(&app, "ratls", "deploy", future()).await;
@@ -501,17 +496,9 @@ async fn a_default_caller_cannot_create_list_or_delete() {
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
-    let r = app
-        .req(
-            "POST",
-            "/v1/auth/token/create",
-            Some(json!({"policies": ["token-maker"]})),
-            None,
-        )
-        .await;
     let maker = [(
         "x-vault-token",
-        r.json["auth"]["client_token"].as_str().unwrap().to_string(),
+        make_token(&app, json!({"policies": ["token-maker"]})).await,
     )];
     let r = app
         .tcp_req("PUT", "/v1/auth/ratls/totp", &maker, Some(body))
@@ -675,15 +662,7 @@ async fn errors_on_these_paths_are_in_nitrides_shape() {
         r#"{{"policy": "{}", "expiration": 1}}"#,
         "p".repeat(70 * 1024)
     );
-    let r = app
-        .raw(
-            Peer::Unix { uid: Some(0) },
-            "PUT",
-            "/v1/auth/ratls/totp",
-            &[],
-            Some(big.into_bytes()),
-        )
-        .await;
+    let r = create_raw(&app, big.into_bytes()).await;
     assert_nitride(&r, 413);
     // The token routes stay the system API's, in Vault's shape.
     let r = app.req("GET", "/v1/auth/token/nothing", None, None).await;

@@ -476,6 +476,15 @@ impl Requester for app::TestApp {
     }
 }
 
+/// Creates a token as root with this `/v1/auth/token/create` body; returns the token.
+pub async fn make_token(d: &impl Requester, body: Value) -> String {
+    let r = d
+        .req("POST", "/v1/auth/token/create", Some(body), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["auth"]["client_token"].as_str().unwrap().to_string()
+}
+
 /// A fresh random seed, base32.
 pub fn seed(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];

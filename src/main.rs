@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 use totpd::client::{Client, ClientError};
 use totpd::config::{self, ServeArgs};
 use totpd::server::ServerError;
@@ -521,19 +522,18 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
             }))
         }
         NitrideCmd::List { mount, json } => {
-            let reply = client.request("LIST", &base(&mount), None).await?;
-            if !reply.is_success() {
-                return Ok(nitride_refusal(&reply));
-            }
-            let v = reply.json().unwrap_or_default();
+            let tokens = match listed_tokens(&client, &base(&mount)).await? {
+                Ok(t) => t,
+                Err(refused) => return Ok(refused),
+            };
             if json {
-                return Ok(Printed::Ok(v["data"]["tokens"].to_string()));
+                return Ok(Printed::Ok(Value::Array(tokens).to_string()));
             }
             let mut out = format!(
                 "{:<8}  {:<24}  {:<20}  {}",
                 "TOKEN", "POLICY", "EXPIRES", "STATE"
             );
-            for t in v["data"]["tokens"].as_array().into_iter().flatten() {
+            for t in &tokens {
                 let state = if t["spent"].as_bool() == Some(true) {
                     "spent"
                 } else if t["expired"].as_bool() == Some(true) {
@@ -552,6 +552,23 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
             Ok(Printed::Ok(out))
         }
         NitrideCmd::Delete { uuid, mount } => {
+            // The API answers 200 for a token that is not there (as Nitride does); a
+            // person at a terminal wants to know the wrong mount was named.
+            let prefix: String = uuid
+                .trim()
+                .chars()
+                .take(8)
+                .collect::<String>()
+                .to_lowercase();
+            let tokens = match listed_tokens(&client, &base(&mount)).await? {
+                Ok(t) => t,
+                Err(refused) => return Ok(refused),
+            };
+            if !tokens.iter().any(|t| t["prefix"] == prefix.as_str()) {
+                return Ok(Printed::Refused(format!(
+                    "no token {prefix} on mount {mount} (see totpd nitride list --mount M)"
+                )));
+            }
             let reply = client
                 .request(
                     "DELETE",
@@ -567,10 +584,32 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
     }
 }
 
-/// Unix seconds as `2026-11-27T10:00:00Z`.
+/// The tokens of a mount as LIST shows them (none when the mount has none), or the
+/// daemon's refusal.
+async fn listed_tokens(
+    client: &Client,
+    path: &str,
+) -> Result<Result<Vec<Value>, Printed>, ClientError> {
+    let reply = client.request("LIST", path, None).await?;
+    let v = reply.json().unwrap_or_default();
+    if reply.status == 404 && v["message"] == totpd::api::nitride::NO_TOKENS {
+        return Ok(Ok(Vec::new()));
+    }
+    if !reply.is_success() {
+        return Ok(Err(nitride_refusal(&reply)));
+    }
+    Ok(Ok(v["data"]["tokens"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()))
+}
+
+/// Unix seconds as `2026-11-27T10:00:00Z`; past the year 9999, the number itself.
 fn rfc3339(secs: i64) -> String {
+    const LAST_RFC3339_SECOND: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     u64::try_from(secs)
         .ok()
+        .filter(|s| *s <= LAST_RFC3339_SECOND)
         .map(|s| {
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),

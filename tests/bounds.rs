@@ -126,6 +126,9 @@ impl PolicyTokenStore for Overloaded {
     async fn delete_policy_token(&self, _: &str, _: &str) -> Result<bool, StoreError> {
         busy()
     }
+    async fn delete_policy_token_by_prefix(&self, _: &str, _: &str) -> Result<usize, StoreError> {
+        busy()
+    }
     async fn spend_policy_token_and_update(
         &self,
         _: &str,
@@ -222,7 +225,7 @@ async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape
             root,
             "PUT",
             "/v1/auth/ratls/totp".into(),
-            Some(json!({"policy": "p", "expiration": 4_000_000_000i64})),
+            Some(json!({"policy": "p", "expiration": common::unix_now() + 600})),
             "nitride",
         ),
         (

@@ -170,8 +170,10 @@ async fn bad_creates_name_the_field_and_store_nothing() {
         assert!(r.json["errors"]["body"].is_string(), "{}", r.text);
     }
     assert_eq!(count_rows(&app.db_path(), "policy_tokens"), 0);
+    // An empty list is a 404, as Vault answers one.
     let r = app.req("LIST", "/v1/auth/ratls/totp", None, None).await;
-    assert_eq!(r.json["data"]["keys"], json!([]), "{}", r.text);
+    assert_nitride(&r, 404);
+    assert_eq!(r.json["message"], totpd::api::nitride::NO_TOKENS);
 }
 
 #[tokio::test]
@@ -450,6 +452,19 @@ async fn delete_answers_200_for_an_unknown_uuid_and_400_for_a_malformed_one() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(count_rows(&app.db_path(), "policy_tokens"), 0);
+    // The 8 characters LIST shows revoke a token whose uuid is lost.
+    let lost = token(&app, "ratls", "deploy", future()).await;
+    let r = app
+        .req(
+            "DELETE",
+            &format!("/v1/auth/ratls/totp/{}", &lost[..8]),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(count_rows(&app.db_path(), "policy_tokens"), 0);
+    assert_refused(&spend_as(&app, AGENT, "deploy", "v1", &lost).await);
 }
 
 #[tokio::test]
@@ -485,23 +500,47 @@ async fn a_default_caller_cannot_create_list_or_delete() {
     assert_nitride(&r, 403);
     assert_eq!(count_rows(&app.db_path(), "policy_tokens"), 1);
 
-    // Sudo on the mount's path, granted by a policy, is what it takes.
-    put_policy(&app, "other", "o0").await;
+    // Sudo on the mount's path, granted by a policy, is what it takes to list and
+    // delete; to make a token for a policy, the maker needs the right to write it too,
+    // so sudo on a mount never becomes the right to write any policy.
     let r = app
         .req(
             "PUT",
             "/v1/sys/policies/acl/token-maker",
-            Some(json!({"policy": {"path": {"auth/ratls/totp*": {"capabilities": ["sudo"]}}}})),
+            Some(json!({"policy": {"path": {
+                "auth/ratls/totp*": {"capabilities": ["sudo"]},
+                "sys/policies/acl/deploy": {"capabilities": ["update"]},
+            }}})),
             None,
         )
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
+    put_policy(&app, "other", "o0").await;
     let maker = [(
         "x-vault-token",
         make_token(&app, json!({"policies": ["token-maker"]})).await,
     )];
     let r = app
         .tcp_req("PUT", "/v1/auth/ratls/totp", &maker, Some(body))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for policy in ["other", "token-maker"] {
+        let r = app
+            .tcp_req(
+                "PUT",
+                "/v1/auth/ratls/totp",
+                &maker,
+                Some(json!({"policy": policy, "expiration": future()})),
+            )
+            .await;
+        assert_nitride(&r, 403);
+    }
+    assert_eq!(
+        policy_of(&app, "token-maker").await["path"]["auth/ratls/totp*"],
+        json!({"capabilities": ["sudo"]})
+    );
+    let r = app
+        .tcp_req("LIST", "/v1/auth/ratls/totp", &maker, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let r = app
@@ -513,6 +552,7 @@ async fn a_default_caller_cannot_create_list_or_delete() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_refused(&spend_as(&app, AGENT, "deploy", "v1", &uuid).await);
     // ...on that mount only.
     let mut app = app;
     app.set_mounts(&["ci"]);
@@ -642,10 +682,21 @@ async fn an_invalid_policy_body_does_not_spend_the_token() {
 async fn errors_on_these_paths_are_in_nitrides_shape() {
     let app = TestApp::new().await;
     assert_nitride(
-        &app.req("POST", "/v1/auth/ratls/totp", Some(json!({})), None)
+        &app.req("PATCH", "/v1/auth/ratls/totp", Some(json!({})), None)
             .await,
         405,
     );
+    // POST creates as PUT does (Vault treats them alike): here, a 400 for the body.
+    assert_nitride(
+        &app.req("POST", "/v1/auth/ratls/totp", Some(json!({})), None)
+            .await,
+        400,
+    );
+    let r = app
+        .req("GET", "/v1/auth/ratls/totp?list=maybe", None, None)
+        .await;
+    assert_nitride(&r, 400);
+    assert!(r.json["errors"]["list"].is_string(), "{}", r.text);
     assert_nitride(
         &app.req("GET", "/v1/auth/ratls/totp", None, None).await,
         405,
@@ -728,7 +779,7 @@ fn cli(d: &Daemon, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn the_cli_the_purge_sweep_the_logs_and_a_restart_on_the_real_daemon() {
-    let mut d = Daemon::start_with(&["--mount", "ci", "--purge-interval", "1s"], false);
+    let mut d = Daemon::start_with(&["--mount", "ci", "--purge-interval", "1s"], true);
     let r = d
         .req(
             "PUT",
@@ -769,7 +820,7 @@ async fn the_cli_the_purge_sweep_the_logs_and_a_restart_on_the_real_daemon() {
     );
     let (code, _, err) = cli(&d, &["nitride", "delete", "garbage"]);
     assert_eq!(code, 1);
-    assert!(err.contains("uuid"), "{err}");
+    assert!(err.contains("no token garb"), "{err}");
     let (code, _, err) = cli(
         &d,
         &["nitride", "create", "--policy", "deploy", "--ttl", "soon"],
@@ -804,28 +855,65 @@ async fn the_cli_the_purge_sweep_the_logs_and_a_restart_on_the_real_daemon() {
         "{table}"
     );
 
-    // A restart keeps the unspent token good and the spent one refused.
+    // A token that expires while the daemon is down is purged when it starts, though
+    // the next sweep is an hour away.
+    let (code, _, err) = cli(
+        &d,
+        &["nitride", "create", "--policy", "deploy", "--ttl", "3"],
+    );
+    assert_eq!(code, 0, "{err}");
     assert_eq!(d.stop(), Some(0));
+    assert_eq!(count_rows(&db, "policy_tokens"), 2);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    d.extra = ["--mount", "ci", "--purge-interval", "1h"]
+        .map(String::from)
+        .to_vec();
     d.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_rows(&db, "policy_tokens") > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired token was not purged at start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // After the restart the spent token is refused, and the unspent one is good: spent
+    // here by a `default` token over TCP.
     let spend = |uuid: &str| Some(json!({"policy": doc("v2"), "totp": uuid}));
     let r = d
         .req("PUT", "/v1/sys/policies/acl/deploy", spend(&spent), None)
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
+    let agent = [(
+        "authorization",
+        format!(
+            "Bearer {}",
+            make_token(&d, json!({"policies": ["default"]})).await
+        ),
+    )];
     let r = d
-        .req("PUT", "/v1/sys/policies/acl/deploy", spend(&kept), None)
+        .tcp_req("PUT", "/v1/sys/policies/acl/deploy", &agent, spend(&kept))
         .await;
     assert_eq!(r.status, 204, "{}", r.text);
+    let r = d
+        .tcp_req("PUT", "/v1/sys/policies/acl/deploy", &agent, spend(&kept))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    // Deleting through the wrong mount says so; the right one deletes.
+    let (code, _, err) = cli(&d, &["nitride", "delete", &kept]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mount ratls"), "{err}");
     let (code, _, err) = cli(&d, &["nitride", "delete", &kept, "--mount", "ci"]);
     assert_eq!(code, 0, "{err}");
+    let (code, table, err) = cli(&d, &["nitride", "list", "--mount", "ci"]);
+    assert_eq!((code, table.lines().count()), (0, 1), "{table}{err}");
 
     // The logs name tokens by their first 8 characters, never whole, and say why a
     // spend was refused (the purged token is unknown now).
-    let logs = format!(
-        "{}{}",
-        std::fs::read_to_string(d.dir.path().join("stderr.0")).unwrap(),
-        d.stderr()
-    );
+    let logs = (0..2)
+        .map(|n| std::fs::read_to_string(d.dir.path().join(format!("stderr.{n}"))).unwrap())
+        .collect::<String>();
     for uuid in [&spent, &kept] {
         assert!(!logs.contains(uuid.as_str()), "a whole uuid in the log");
         assert!(logs.contains(&uuid[..8]), "{logs}");

@@ -522,6 +522,48 @@ async fn case_policy_tokens_create_list_delete(b: &dyn Backend) {
     assert!(!s.delete_policy_token("ci", &other.hash).await.unwrap());
     assert!(s.list_policy_tokens("ci").await.unwrap().is_empty());
 
+    // By the 8 characters people see: only when exactly one token of the mount has them.
+    let mut twin_a = policy_token("ratls", "deploy", NOW + 600);
+    let mut twin_b = policy_token("ratls", "deploy", NOW + 600);
+    twin_a.prefix = "abcd0123".into();
+    twin_b.prefix = "abcd0123".into();
+    s.create_policy_token(&twin_a).await.unwrap();
+    s.create_policy_token(&twin_b).await.unwrap();
+    assert_eq!(
+        s.delete_policy_token_by_prefix("ratls", "abcd0123")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.list_policy_tokens("ratls").await.unwrap().len(),
+        4,
+        "nothing deleted"
+    );
+    assert_eq!(
+        s.delete_policy_token_by_prefix("ci", "abcd0123")
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(s.delete_policy_token("ratls", &twin_b.hash).await.unwrap());
+    assert_eq!(
+        s.delete_policy_token_by_prefix("ratls", "abcd0123")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.delete_policy_token_by_prefix("ratls", "abcd0123")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.list_policy_tokens("ratls").await.unwrap(),
+        vec![t.clone(), later.clone()]
+    );
+
     // A deleted token is unknown to a spend, and nothing is written.
     assert!(s.delete_policy_token("ratls", &t.hash).await.unwrap());
     assert_eq!(

@@ -35,12 +35,19 @@ pub const SURFACE: Surface = Surface {
 /// The mount every daemon has.
 pub const DEFAULT_MOUNT: &str = "ratls";
 
+/// The longest a token may stay good: a one-time token is for a deadline, not a
+/// standing credential (the default lifetime of an API token).
+pub const MAX_LIFETIME: i64 = 32 * 24 * 3600;
+
+/// The message of the 404 an empty LIST gets (as Vault answers an empty list).
+pub const NO_TOKENS: &str = "no tokens on this mount";
+
 /// The caller, rejected in this surface's shape.
 type Caller = extract::Caller<NitrideError>;
 
 fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/auth/{mount}/totp", put(create).get(list))
+        .route("/v1/auth/{mount}/totp", put(create).post(create).get(list))
         .route("/v1/auth/{mount}/totp/{uuid}", delete(remove))
 }
 
@@ -251,6 +258,10 @@ fn parse_create(body: &Map<String, Value>, now: i64) -> Result<Create, NitrideEr
                 bad("expiration", "must be in the future");
                 None
             }
+            Some(e) if e - now > MAX_LIFETIME => {
+                bad("expiration", "must be at most 32 days from now");
+                None
+            }
             Some(e) => Some(e),
         },
     };
@@ -303,11 +314,22 @@ async fn create(
     who: Caller,
     body: Body,
 ) -> Res {
-    check_mount_known(&st, &mount)?;
     require_sudo(&who, &mount, None)?;
+    check_mount_known(&st, &mount)?;
     let body: Map<String, Value> = read_json(body).await?;
     let now = now();
     let req = parse_create(&body, now)?;
+    // A token passes on a right its maker holds, never more: sudo on a mount alone
+    // must not turn into writing any policy (the maker's own included).
+    if !who.is_root() {
+        who.require_any(&format!("sys/policies/acl/{}", req.policy), auth::WRITE)
+            .map_err(|_| {
+                NitrideError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission denied: making a token for a policy needs the right to write that policy",
+                )
+            })?;
+    }
 
     let uuid = uuid::Uuid::new_v4();
     let (hash, prefix) = key_of(&uuid);
@@ -347,16 +369,23 @@ async fn list(
     who: Caller,
     Query(q): Query<ListQuery>,
 ) -> Res {
-    check_mount_known(&st, &mount)?;
-    if !q.listing() {
-        return Err(NitrideError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "unsupported operation: use LIST or ?list=true",
-        ));
+    match q.listing() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(NitrideError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported operation: use LIST or ?list=true",
+            ))
+        }
+        Err(e) => return Err(NitrideError::field("list", e)),
     }
     require_sudo(&who, &mount, None)?;
+    check_mount_known(&st, &mount)?;
     let now = now();
     let tokens = st.store.list_policy_tokens(&mount).await?;
+    if tokens.is_empty() {
+        return Err(NitrideError::new(StatusCode::NOT_FOUND, NO_TOKENS));
+    }
     let keys: Vec<&str> = tokens.iter().map(|t| t.prefix.as_str()).collect();
     let info: Vec<Value> = tokens
         .iter()
@@ -385,15 +414,42 @@ async fn remove(
     Path((mount, raw)): Path<(String, String)>,
     who: Caller,
 ) -> Res {
-    check_mount_known(&st, &mount)?;
     require_sudo(&who, &mount, Some(&format!("auth/{mount}/totp/{raw}")))?;
-    let (hash, prefix) =
-        token_key(&raw).ok_or_else(|| NitrideError::field("uuid", "must be a UUID"))?;
-    if st.store.delete_policy_token(&mount, &hash).await? {
-        tracing::info!(token = %prefix, mount = %mount, "policy token deleted");
+    check_mount_known(&st, &mount)?;
+    if let Some((hash, prefix)) = token_key(&raw) {
+        if st.store.delete_policy_token(&mount, &hash).await? {
+            tracing::info!(token = %prefix, mount = %mount, "policy token deleted");
+        }
+    } else if let Some(prefix) = listed_prefix(&raw) {
+        // What LIST shows is enough to revoke a token whose uuid is lost.
+        match st
+            .store
+            .delete_policy_token_by_prefix(&mount, &prefix)
+            .await?
+        {
+            0 => {}
+            1 => tracing::info!(token = %prefix, mount = %mount, "policy token deleted"),
+            _ => {
+                return Err(NitrideError::field(
+                    "uuid",
+                    "these 8 characters begin several tokens; give the whole uuid",
+                ))
+            }
+        }
+    } else {
+        return Err(NitrideError::field(
+            "uuid",
+            "must be a UUID (or the 8 characters LIST shows)",
+        ));
     }
     // As Nitride: success whether or not there was such a token.
     Ok(vault::ok(&who.request_id, json!({})))
+}
+
+/// The 8 hex characters LIST shows of a token, lower-cased; `None` for anything else.
+fn listed_prefix(raw: &str) -> Option<String> {
+    let p = raw.trim();
+    (p.len() == 8 && p.bytes().all(|b| b.is_ascii_hexdigit())).then(|| p.to_ascii_lowercase())
 }
 
 // ----- spending -----
@@ -478,6 +534,10 @@ mod tests {
         assert_eq!(p2, "6f9619ff");
         assert!(token_key("text").is_none());
         assert!(token_key("").is_none());
+        assert_eq!(listed_prefix("6F9619FF").as_deref(), Some("6f9619ff"));
+        for not in ["6f9619f", "6f9619ffa", "6f9619fg", "text"] {
+            assert!(listed_prefix(not).is_none(), "{not}");
+        }
     }
 
     #[test]
@@ -499,6 +559,12 @@ mod tests {
             ["expiration", "policy"]
         );
         let e = parse_create(&body(json!({"expiration": 1.5e9, "policy": "p"})), now).unwrap_err();
+        assert!(e.errors.contains_key("expiration"));
+        let far = now + MAX_LIFETIME + 1;
+        let e = parse_create(&body(json!({"expiration": far, "policy": "p"})), now).unwrap_err();
+        assert!(e.errors.contains_key("expiration"));
+        let e =
+            parse_create(&body(json!({"expiration": i64::MAX, "policy": "p"})), now).unwrap_err();
         assert!(e.errors.contains_key("expiration"));
         let ok = parse_create(
             &body(json!({"created": 0, "expiration": 1_001, "policy": "Deploy", "uuid": "text"})),

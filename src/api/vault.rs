@@ -67,38 +67,44 @@ pub fn error(status: StatusCode, msg: &str) -> Response {
 }
 
 /// `LIST` arrives as `GET ?list=true`; a plain GET on a list-only path is not allowed.
+/// `list` takes what Go's `strconv.ParseBool` takes, as Vault does.
 #[derive(serde::Deserialize)]
 pub struct ListQuery {
     list: Option<String>,
 }
 
 impl ListQuery {
-    /// Whether the request is a LIST.
-    pub fn listing(&self) -> bool {
-        self.list.as_deref() == Some("true")
+    /// Whether the request is a LIST; `Err` with a message if `list` is no boolean.
+    pub fn listing(&self) -> Result<bool, String> {
+        match self.list.as_deref() {
+            None => Ok(false),
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+            Some(_) => Err("list: must be a boolean such as true or false".into()),
+        }
     }
 
     /// On a list-only path: a plain GET is not allowed.
     pub fn require(&self) -> Result<(), VaultError> {
-        if self.listing() {
-            Ok(())
-        } else {
-            Err(VaultError::new(
+        match self.listing() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VaultError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "unsupported operation: use LIST or ?list=true",
-            ))
+            )),
+            Err(e) => Err(VaultError::bad_request(e)),
         }
     }
 
     /// On a read-only path: LIST is not allowed.
     pub fn forbid(&self) -> Result<(), VaultError> {
-        if self.listing() {
-            Err(VaultError::new(
+        match self.listing() {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(VaultError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "unsupported operation: LIST",
-            ))
-        } else {
-            Ok(())
+            )),
+            Err(e) => Err(VaultError::bad_request(e)),
         }
     }
 }
@@ -157,4 +163,34 @@ fn envelope(request_id: &str, data: Value, warnings: Value, auth: Value) -> Resp
 /// 204, as Vault answers writes that return nothing.
 pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(v: Option<&str>) -> ListQuery {
+        ListQuery {
+            list: v.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn list_takes_what_parse_bool_takes() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(q(Some(t)).listing(), Ok(true), "{t}");
+            assert!(q(Some(t)).require().is_ok());
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(q(Some(f)).listing(), Ok(false), "{f}");
+            assert!(q(Some(f)).forbid().is_ok());
+        }
+        assert_eq!(q(None).listing(), Ok(false));
+        for bad in ["yes", "tRuE", "", "2"] {
+            assert!(q(Some(bad)).listing().is_err(), "{bad}");
+            assert_eq!(q(Some(bad)).require().unwrap_err().status, 400);
+            assert_eq!(q(Some(bad)).forbid().unwrap_err().status, 400);
+        }
+        assert_eq!(q(None).require().unwrap_err().status, 405);
+    }
 }

@@ -248,6 +248,14 @@ pub trait PolicyTokenStore {
     async fn list_policy_tokens(&self, mount: &str) -> Result<Vec<PolicyTokenRecord>, StoreError>;
     /// Deletes the token with this hash if it belongs to `mount`; false if it has none.
     async fn delete_policy_token(&self, mount: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Deletes the token of `mount` whose uuid begins with `prefix` (its 8 stored
+    /// characters), if exactly one does. Returns how many matched: with more than one,
+    /// nothing was deleted (checked and deleted atomically).
+    async fn delete_policy_token_by_prefix(
+        &self,
+        mount: &str,
+        prefix: &str,
+    ) -> Result<usize, StoreError>;
     /// Spends the token with this hash on writing `document` as policy `policy`: only if
     /// the token exists, is unspent, has not expired at `now`, was made for `policy`, and
     /// the policy still exists. The write and the spending are one transaction, atomic

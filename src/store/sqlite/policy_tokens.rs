@@ -62,6 +62,29 @@ impl PolicyTokenStore for SqliteStore {
         .await
     }
 
+    async fn delete_policy_token_by_prefix(
+        &self,
+        mount: &str,
+        prefix: &str,
+    ) -> Result<usize, StoreError> {
+        let (mount, prefix) = (mount.to_string(), prefix.to_string());
+        self.write(move |c| {
+            let n: usize = c.query_row(
+                "SELECT count(*) FROM policy_tokens WHERE mount = ?1 AND prefix = ?2",
+                params![mount, prefix],
+                |r| r.get(0),
+            )?;
+            if n == 1 {
+                c.execute(
+                    "DELETE FROM policy_tokens WHERE mount = ?1 AND prefix = ?2",
+                    params![mount, prefix],
+                )?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn spend_policy_token_and_update(
         &self,
         hash: &str,

@@ -135,3 +135,65 @@ SELECT mount,
        datetime(spent_at, 'unixepoch') AS spent
 FROM policy_tokens
 ORDER BY mount, created_at;
+
+-- migrate: 6
+
+-- The user login step (/api/v1/auth/totp/): a web application keeps its users and
+-- passwords, totpd keeps their second factor. A user is an entity id.
+
+-- A user's devices: each is a TOTP secret (sealed in otp_secrets, whose last_step keeps
+-- replays out) that logs in once activated with a valid code.
+CREATE TABLE user_devices (
+    entity_id    TEXT NOT NULL,
+    name         TEXT NOT NULL,           -- 'default' for the first
+    secret_id    TEXT NOT NULL UNIQUE REFERENCES otp_secrets(id) ON DELETE CASCADE,
+    active       INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+    created_at   INTEGER NOT NULL,        -- unix seconds
+    activated_at INTEGER,
+    last_used_at INTEGER,                 -- last login with this device
+    PRIMARY KEY (entity_id, name)
+) STRICT;
+
+-- One failure count per user, across every device and recovery code, so guesses spread
+-- over several devices lock as fast as guesses at one.
+CREATE TABLE user_locks (
+    entity_id    TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER                  -- unix seconds; every attempt refused until then
+) STRICT;
+
+-- Recovery codes: the selector (first group) in clear, the other 80 bits as an argon2id
+-- PHC string. Single use: spent_at is set by a conditional update.
+CREATE TABLE recovery_codes (
+    entity_id  TEXT NOT NULL,
+    selector   TEXT NOT NULL,
+    hash       TEXT NOT NULL CHECK (hash LIKE '$argon2id$%'),
+    created_at INTEGER NOT NULL,
+    spent_at   INTEGER,
+    PRIMARY KEY (entity_id, selector)
+) STRICT;
+
+-- temp_tokens from challenge/: single use, short-lived, stored as SHA-256.
+CREATE TABLE temp_tokens (
+    hash       TEXT PRIMARY KEY,
+    entity_id  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+) STRICT;
+CREATE INDEX temp_tokens_expires_at ON temp_tokens(expires_at);
+
+-- For operators: `SELECT * FROM user_totp_view;` shows each user's devices, their state,
+-- the recovery codes left and whether the user is locked.
+CREATE VIEW user_totp_view AS
+SELECT d.entity_id AS user,
+       d.name AS device,
+       CASE d.active WHEN 1 THEN 'active' ELSE 'pending' END AS state,
+       datetime(d.created_at, 'unixepoch') AS created,
+       datetime(d.last_used_at, 'unixepoch') AS last_used,
+       (SELECT count(*) FROM recovery_codes r
+         WHERE r.entity_id = d.entity_id AND r.spent_at IS NULL) AS recovery_codes_left,
+       CASE WHEN l.locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+            THEN 'locked' ELSE 'open' END AS lock
+FROM user_devices d LEFT JOIN user_locks l ON l.entity_id = d.entity_id
+ORDER BY d.entity_id, d.created_at;

@@ -3,6 +3,7 @@
 //! images. No HTTP and no clock: `now` is always an argument.
 
 pub mod qr;
+pub mod recovery;
 pub mod uri;
 
 use std::sync::LazyLock;
@@ -184,11 +185,49 @@ pub fn verify(
     now: i64,
     state: VerifyState,
 ) -> (Outcome, VerifyState) {
-    let mut st = state;
+    let matched = match_code(secret, p, w, code, now, state.last_step);
+    let lock = LockState {
+        failures: state.failures,
+        locked_until: state.locked_until,
+    };
+    let (settled, lock) = settle(
+        matched.map(|_| ()),
+        lock,
+        w.max_attempts,
+        p.period as i64,
+        now,
+    );
+    let outcome = match (settled, matched) {
+        (Ok(()), Ok(step)) => Outcome::Accepted { step },
+        (Err(r), _) | (Ok(()), Err(r)) => Outcome::Refused(r),
+    };
+    let last_step = match outcome {
+        Outcome::Accepted { step } => Some(step),
+        Outcome::Refused(_) => state.last_step,
+    };
+    (
+        outcome,
+        VerifyState {
+            last_step,
+            failures: lock.failures,
+            locked_until: lock.locked_until,
+        },
+    )
+}
+
+/// What `code` matches for one secret, before any lock is looked at: the step it
+/// belongs to in the window, or why not. The whole window is always computed, so every
+/// answer costs the same.
+pub fn match_code(
+    secret: &[u8],
+    p: &Params,
+    w: &Window,
+    code: &str,
+    now: i64,
+    last_step: Option<i64>,
+) -> Result<i64, Refusal> {
     let code = code.trim();
     let well_formed = code.len() == p.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
-    // The window is computed before the lock is looked at, so a locked refusal costs the
-    // same as a wrong code.
     let mut matched = None;
     if well_formed {
         let current = p.step(now);
@@ -200,30 +239,94 @@ pub fn verify(
             }
         }
     }
+    match matched {
+        _ if !well_formed => Err(Refusal::Malformed),
+        Some(step) if last_step.is_some_and(|last| step <= last) => Err(Refusal::Replay),
+        Some(step) => Ok(step),
+        None => Err(Refusal::Invalid),
+    }
+}
+
+/// Consecutive failures and the lock of whoever attempts: one secret, or one user
+/// across all their devices and recovery codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockState {
+    pub failures: u32,
+    /// Unix time until which every attempt is refused.
+    pub locked_until: Option<i64>,
+}
+
+/// Settles one attempt against the lock. While locked, every attempt is refused as
+/// `Locked`, the right one too, and does not count; once the lock has passed the count
+/// restarts. A failure counts, and the `max_attempts`-th in a row locks for `lock_for`
+/// seconds; a success resets the count.
+pub fn settle(
+    attempt: Result<(), Refusal>,
+    lock: LockState,
+    max_attempts: u32,
+    lock_for: i64,
+    now: i64,
+) -> (Result<(), Refusal>, LockState) {
+    let mut st = lock;
     if let Some(until) = st.locked_until {
         if now < until {
-            return (Outcome::Refused(Refusal::Locked), st);
+            return (Err(Refusal::Locked), st);
         }
-        st.locked_until = None;
-        st.failures = 0;
+        st = LockState::default();
     }
-    let refusal = match matched {
-        _ if !well_formed => Refusal::Malformed,
-        Some(step) if st.last_step.is_some_and(|last| step <= last) => Refusal::Replay,
-        Some(step) => {
-            st.last_step = Some(step);
-            st.failures = 0;
-            st.locked_until = None;
-            return (Outcome::Accepted { step }, st);
+    match attempt {
+        Ok(()) => (Ok(()), LockState::default()),
+        Err(r) => {
+            st.failures = st.failures.saturating_add(1);
+            if st.failures >= max_attempts.max(1) {
+                st = LockState {
+                    failures: 0,
+                    locked_until: Some(now + lock_for),
+                };
+            }
+            (Err(r), st)
         }
-        None => Refusal::Invalid,
+    }
+}
+
+/// Checks `code` against every one of a user's secrets (`(secret, params, last step)`)
+/// under one lock: the failure count is the user's, so guesses spread over several
+/// devices lock as fast as guesses at one. Returns the outcome, the index of the secret
+/// that accepted, and the user's new lock. The lock lasts the longest period.
+pub fn verify_any(
+    secrets: &[(&[u8], &Params, Option<i64>)],
+    w: &Window,
+    code: &str,
+    now: i64,
+    lock: LockState,
+) -> (Outcome, Option<usize>, LockState) {
+    let matches: Vec<Result<i64, Refusal>> = secrets
+        .iter()
+        .map(|(s, p, last)| match_code(s, p, w, code, now, *last))
+        .collect();
+    let accepted = matches.iter().position(Result::is_ok);
+    // The most telling refusal for the log: a replay beats a plain mismatch.
+    let refusal = [Refusal::Replay, Refusal::Invalid, Refusal::Malformed]
+        .into_iter()
+        .find(|r| matches.contains(&Err(*r)))
+        .unwrap_or(Refusal::Invalid);
+    let attempt = if accepted.is_some() {
+        Ok(())
+    } else {
+        Err(refusal)
     };
-    st.failures = st.failures.saturating_add(1);
-    if st.failures >= w.max_attempts.max(1) {
-        st.locked_until = Some(now + p.period as i64);
-        st.failures = 0;
+    let lock_for = secrets
+        .iter()
+        .map(|(_, p, _)| p.period as i64)
+        .max()
+        .unwrap_or(30);
+    let (settled, lock) = settle(attempt, lock, w.max_attempts, lock_for, now);
+    let step = accepted.and_then(|i| matches[i].ok().map(|step| (i, step)));
+    match (settled, step) {
+        (Ok(()), Some((i, step))) => (Outcome::Accepted { step }, Some(i), lock),
+        (Err(r), _) => (Outcome::Refused(r), None, lock),
+        (Ok(()), None) => (Outcome::Refused(refusal), None, lock),
     }
-    (Outcome::Refused(refusal), st)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -210,6 +210,77 @@ impl SpendRefusal {
     }
 }
 
+/// A device of a user's login step (a TOTP secret the user holds), as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDevice {
+    pub name: String,
+    /// Activated with a valid code; a pending device logs nobody in.
+    pub active: bool,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// A recovery code as stored: its selector in clear, its secret part as an argon2id hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryHash {
+    pub selector: String,
+    pub hash: String,
+}
+
+/// What [`UserTotpStore::setup_user_device`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// The pending device is stored (replacing a pending one of that name).
+    Pending,
+    /// No name was given and the user already has an active device; nothing changed.
+    AlreadyActive,
+    /// An active device already has this name; nothing changed.
+    NameTaken,
+}
+
+/// What [`UserTotpStore::activate_user_device`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// The device is active; `first`: it is the user's first, and the recovery codes
+    /// given are now the user's set.
+    Activated { first: bool },
+    /// It would be the user's first active device but no recovery codes came with the
+    /// call; nothing changed (make a set and call again).
+    NeedsCodes,
+    /// The user has no pending device (of that name, if one was named).
+    NoPending,
+    /// Several pending devices and no name: which one is meant?
+    SeveralPending,
+    /// The code was refused (and counted against the user).
+    Refused(otp::Refusal),
+}
+
+/// Who a code is checked for, and what a success brings.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// A login: the temp_token with this hash must be unused and unexpired; success
+    /// spends it and stores `login` (its `entity_id` set to the temp_token's user).
+    Login {
+        temp_hash: &'a str,
+        login: &'a TokenRecord,
+    },
+    /// The user themself, confirming an action with a code.
+    Owner { entity_id: &'a str },
+}
+
+/// The outcome of a login-step check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Accepted: the code (or recovery code) is spent, and so is the temp_token.
+    Accepted,
+    /// The temp_token is unknown, expired or used; nothing was checked or counted.
+    BadTempToken,
+    /// The user has no active device; nothing was counted.
+    NotActive,
+    /// Refused and counted against the user (but a lock's refusals do not count).
+    Refused(otp::Refusal),
+}
+
 /// API tokens. Only hashes are stored.
 #[async_trait]
 pub trait TokenStore {
@@ -271,6 +342,92 @@ pub trait PolicyTokenStore {
     /// Deletes every spent token and every token expired at `now`; returns how many.
     /// A purged token is unknown, and unknown is refused like spent.
     async fn purge_policy_tokens(&self, now: i64) -> Result<usize, StoreError>;
+}
+
+/// The user login step: devices (TOTP secrets) per user, a failure count per user across
+/// all of them and the recovery codes, recovery codes, and temp_tokens.
+#[async_trait]
+pub trait UserTotpStore {
+    /// Stores a pending device `name` (default `default`) for the user with this secret.
+    /// Without a name, refused if the user has an active device; with one, refused if an
+    /// active device has it. A pending device of that name is replaced.
+    async fn setup_user_device(
+        &self,
+        entity_id: &str,
+        name: Option<&str>,
+        id: &str,
+        secret: &[u8],
+        params: &Params,
+        now: i64,
+    ) -> Result<Setup, StoreError>;
+    /// Activates the named pending device, or the only one, if `code` is right for it
+    /// (the failure counts against the user; the step counts as used). The user's first
+    /// device also stores `codes` as the user's recovery codes, in the same transaction.
+    async fn activate_user_device(
+        &self,
+        entity_id: &str,
+        name: Option<&str>,
+        code: &str,
+        codes: Option<&[RecoveryHash]>,
+        now: i64,
+    ) -> Result<Activation, StoreError>;
+    /// The user's devices, oldest first.
+    async fn list_user_devices(&self, entity_id: &str) -> Result<Vec<UserDevice>, StoreError>;
+    /// Removes the named device, or with `None` every device; the recovery codes and the
+    /// failure count go with the last active device. Returns how many devices went.
+    async fn deactivate_user(
+        &self,
+        entity_id: &str,
+        name: Option<&str>,
+    ) -> Result<usize, StoreError>;
+    /// Stores a temp_token (its hash) for the user, good until `expires_at`, if the user
+    /// has an active device (false, nothing stored, if not). Sweeps expired ones.
+    async fn create_temp_token(
+        &self,
+        entity_id: &str,
+        hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// The user of an unused, unexpired temp_token.
+    async fn get_temp_token_user(&self, hash: &str, now: i64)
+        -> Result<Option<String>, StoreError>;
+    /// Checks a TOTP code against every active device of the proof's user, under the
+    /// user's one failure count, and records the outcome: atomic against every
+    /// concurrent call, so of any number of calls with one right code (and any number of
+    /// temp_tokens) exactly one is accepted, and a temp_token logs in at most once.
+    async fn check_user_code(
+        &self,
+        proof: Proof<'_>,
+        code: &str,
+        now: i64,
+    ) -> Result<Check, StoreError>;
+    /// The hash of the user's unspent recovery code with this selector.
+    async fn get_recovery_hash(
+        &self,
+        entity_id: &str,
+        selector: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Settles a recovery-code attempt whose argon2 check (done by the caller, outside
+    /// the writer) gave `matched`: under the user's failure count, the code is spent with
+    /// a conditional update, atomic against every concurrent call, so one code logs in
+    /// at most once; a lock refuses it. A miss counts against the user.
+    async fn spend_recovery_code(
+        &self,
+        proof: Proof<'_>,
+        selector: &str,
+        matched: bool,
+        now: i64,
+    ) -> Result<Check, StoreError>;
+    /// Replaces the user's recovery codes with `codes`, in one transaction.
+    async fn replace_recovery_codes(
+        &self,
+        entity_id: &str,
+        codes: &[RecoveryHash],
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// How many of the user's recovery codes are unspent.
+    async fn count_recovery_codes(&self, entity_id: &str) -> Result<usize, StoreError>;
 }
 
 /// Vault identity MFA TOTP methods, and the secrets entities hold for them.
@@ -342,7 +499,14 @@ pub trait AgentStore {
 
 /// Every area of the store, as one handle the app holds.
 pub trait Store:
-    TokenStore + PolicyStore + PolicyTokenStore + MfaStore + AgentStore + Send + Sync
+    TokenStore
+    + PolicyStore
+    + PolicyTokenStore
+    + MfaStore
+    + AgentStore
+    + UserTotpStore
+    + Send
+    + Sync
 {
     /// Finishes queued writes and closes the database; later calls fail with `Closed`.
     /// Blocks: call it off the async workers.

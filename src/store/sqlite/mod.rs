@@ -12,6 +12,7 @@ mod migrate;
 mod otp_secrets;
 mod policy_tokens;
 mod readers;
+mod user_totp;
 mod writer;
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -235,6 +236,31 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     }
 }
 
+/// Sweeps out tokens expired at `t.created_at` and stores `t`, inside the caller's write.
+pub(super) fn insert_token(c: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    let policies = serde_json::to_string(&t.policies)
+        .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
+    c.execute(
+        "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+        [t.created_at],
+    )?;
+    c.execute(
+        "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            t.hash,
+            t.accessor,
+            t.entity_id,
+            t.display_name,
+            policies,
+            t.created_at,
+            t.expires_at,
+            t.parent
+        ],
+    )?;
+    Ok(())
+}
+
 fn token_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, String)> {
     Ok((
         TokenRecord {
@@ -255,30 +281,7 @@ fn token_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, String)> {
 impl TokenStore for SqliteStore {
     async fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         let t = t.clone();
-        let policies = serde_json::to_string(&t.policies)
-            .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
-        self.write(move |c| {
-            c.execute(
-                "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-                [t.created_at],
-            )?;
-            c.execute(
-                "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    t.hash,
-                    t.accessor,
-                    t.entity_id,
-                    t.display_name,
-                    policies,
-                    t.created_at,
-                    t.expires_at,
-                    t.parent
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| insert_token(c, &t)).await
     }
 
     async fn get_token(&self, hash: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {

@@ -100,6 +100,28 @@ pub(super) fn open(
     Ok(Some((secret, row.params)))
 }
 
+/// The opened secret, its parameters and its last accepted step.
+pub(super) fn open_with_step(
+    c: &Connection,
+    sealer: &Sealer,
+    id: &str,
+) -> Result<Option<(Vec<u8>, Params, Option<i64>)>, StoreError> {
+    let Some(row) = load(c, id)? else {
+        return Ok(None);
+    };
+    let secret = sealer.open(&aad(id), &row.sealed)?;
+    Ok(Some((secret, row.params, row.state.last_step)))
+}
+
+/// Records `step` as the secret's last accepted one.
+pub(super) fn record_step(c: &Connection, id: &str, step: i64, now: i64) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE otp_secrets SET last_step = ?2, last_attempt = ?3 WHERE id = ?1",
+        params![id, step, now],
+    )?;
+    Ok(())
+}
+
 /// Checks `code` with [`otp::verify`] and records the new state, inside the caller's
 /// write operation. The writer runs one operation at a time, so two requests with one
 /// code cannot both pass.

@@ -64,6 +64,29 @@ pub struct ServeArgs {
     /// seconds, or a duration such as 10m. [default: 10m]
     #[arg(long, env = "TOTPD_PURGE_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
     pub purge_interval: Option<u64>,
+    /// Issuer named in the login step's provisioning URIs (what authenticator apps show).
+    /// [default: totpd]
+    #[arg(long, env = "TOTPD_ISSUER", value_name = "NAME")]
+    pub issuer: Option<String>,
+    /// How long a login step's temp_token stays good. [default: 5m]
+    #[arg(long, env = "TOTPD_TEMP_TOKEN_TTL", value_name = "DURATION", value_parser = parse_interval)]
+    pub temp_token_ttl: Option<u64>,
+    /// Policies of the login key the login step's verify returns (comma-separated).
+    /// [default: default]
+    #[arg(
+        long,
+        env = "TOTPD_LOGIN_POLICIES",
+        value_name = "POLICY",
+        value_delimiter = ','
+    )]
+    pub login_policies: Vec<String>,
+    /// Lifetime of that login key. [default: 24h]
+    #[arg(long, env = "TOTPD_LOGIN_TTL", value_name = "DURATION", value_parser = parse_interval)]
+    pub login_ttl: Option<u64>,
+    /// The login step's deactivate needs a current code or a recovery code, so a stolen
+    /// session cannot turn two-factor off. Off by default, as the seed's clients send none.
+    #[arg(long, env = "TOTPD_DEACTIVATE_NEEDS_CODE")]
+    pub deactivate_needs_code: bool,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
@@ -113,7 +136,23 @@ struct FileConfig {
     max_connections: Option<u32>,
     mounts: Option<Vec<String>>,
     purge_interval: Option<toml::Value>,
+    issuer: Option<String>,
+    temp_token_ttl: Option<toml::Value>,
+    login_policies: Option<Vec<String>>,
+    login_ttl: Option<toml::Value>,
+    deactivate_needs_code: Option<bool>,
     dev: Option<bool>,
+}
+
+/// A duration from the config file: whole seconds or a string such as "10m".
+fn file_duration(key: &str, v: Option<&toml::Value>) -> Result<Option<u64>, String> {
+    let parsed = match v {
+        None => return Ok(None),
+        Some(toml::Value::Integer(n)) => parse_interval(&n.to_string()),
+        Some(toml::Value::String(s)) => parse_interval(s),
+        Some(other) => Err(format!("{other} is not a duration such as \"10m\"")),
+    };
+    parsed.map(Some).map_err(|e| format!("config {key}: {e}"))
 }
 
 /// The resolved configuration the daemon runs with.
@@ -138,6 +177,8 @@ pub struct ServeConfig {
     pub mounts: Vec<String>,
     /// How often spent and expired policy tokens are purged.
     pub purge_interval: std::time::Duration,
+    /// The user login step's settings.
+    pub login: crate::api::user_totp::Settings,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -192,20 +233,34 @@ impl ServeArgs {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/totpd"))
             }
         });
-        let purge_interval = match (self.purge_interval, &file.purge_interval) {
-            (Some(n), _) => n,
-            (None, Some(toml::Value::Integer(n))) => {
-                parse_interval(&n.to_string()).map_err(|e| format!("config purge_interval: {e}"))?
-            }
-            (None, Some(toml::Value::String(s))) => {
-                parse_interval(s).map_err(|e| format!("config purge_interval: {e}"))?
-            }
-            (None, Some(other)) => {
-                return Err(format!(
-                    "config purge_interval: {other} is not a duration such as \"10m\""
-                ))
-            }
-            (None, None) => 600,
+        let purge_interval = match self.purge_interval {
+            Some(n) => n,
+            None => file_duration("purge_interval", file.purge_interval.as_ref())?.unwrap_or(600),
+        };
+        let defaults = crate::api::user_totp::Settings::default();
+        let login = crate::api::user_totp::Settings {
+            issuer: self
+                .issuer
+                .clone()
+                .or(file.issuer)
+                .unwrap_or(defaults.issuer),
+            temp_token_ttl: match self.temp_token_ttl {
+                Some(n) => n as i64,
+                None => file_duration("temp_token_ttl", file.temp_token_ttl.as_ref())?
+                    .map_or(defaults.temp_token_ttl, |n| n as i64),
+            },
+            login_policies: if !self.login_policies.is_empty() {
+                self.login_policies.clone()
+            } else {
+                file.login_policies.unwrap_or(defaults.login_policies)
+            },
+            login_ttl: match self.login_ttl {
+                Some(n) => n as i64,
+                None => file_duration("login_ttl", file.login_ttl.as_ref())?
+                    .map_or(defaults.login_ttl, |n| n as i64),
+            },
+            deactivate_needs_code: self.deactivate_needs_code
+                || file.deactivate_needs_code.unwrap_or(false),
         };
         let socket_mode = match (self.socket_mode, file.socket_mode) {
             (Some(m), _) => m,
@@ -260,6 +315,7 @@ impl ServeArgs {
                 self.mounts.clone()
             },
             purge_interval: std::time::Duration::from_secs(purge_interval),
+            login,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })
@@ -276,7 +332,7 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(
             &f,
-            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\nmounts = [\"ci\"]\npurge_interval = \"2m\"\n",
+            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\nmounts = [\"ci\"]\npurge_interval = \"2m\"\nissuer = \"Acme\"\ntemp_token_ttl = 60\nlogin_policies = [\"default\", \"web\"]\nlogin_ttl = \"8h\"\ndeactivate_needs_code = true\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -296,6 +352,16 @@ mod tests {
         );
         assert_eq!(c.mounts, ["ci"]);
         assert_eq!(c.purge_interval.as_secs(), 120);
+        assert_eq!(
+            (
+                c.login.issuer.as_str(),
+                c.login.temp_token_ttl,
+                c.login.login_ttl
+            ),
+            ("Acme", 60, 8 * 3600)
+        );
+        assert_eq!(c.login.login_policies, ["default", "web"]);
+        assert!(c.login.deactivate_needs_code);
         let args = ServeArgs {
             config: Some(f),
             data_dir: Some("/other".into()),
@@ -312,6 +378,15 @@ mod tests {
         assert_eq!(c.purge_interval.as_secs(), 5);
         let c = ServeArgs::default().resolve(None).unwrap();
         assert_eq!((c.mounts.len(), c.purge_interval.as_secs()), (0, 600));
+        assert_eq!(
+            (
+                c.login.issuer.as_str(),
+                c.login.temp_token_ttl,
+                c.login.login_ttl
+            ),
+            ("totpd", 300, 86_400)
+        );
+        assert!(!c.login.deactivate_needs_code);
     }
 
     #[test]
@@ -332,6 +407,8 @@ mod tests {
             ("purge_interval = \"0s\"\n", "purge_interval"),
             ("purge_interval = -5\n", "purge_interval"),
             ("purge_interval = true\n", "purge_interval"),
+            ("login_ttl = \"0s\"\n", "login_ttl"),
+            ("temp_token_ttl = \"soon\"\n", "temp_token_ttl"),
         ] {
             let f = dir.path().join("n.toml");
             std::fs::write(&f, line).unwrap();

@@ -215,8 +215,8 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     // Worker threads one per core (tokio's default); blocking threads are few because
-    // only rare, bounded work goes there (opening and closing the store, QR images):
-    // nothing a client does grows the thread count.
+    // only bounded work goes there (opening and closing the store, at most two QR images
+    // and at most two argon2 hashes at once): nothing a client does grows the thread count.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
@@ -248,8 +248,9 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Threads of tokio's blocking pool at most.
-const MAX_BLOCKING_THREADS: usize = 2;
+/// Threads of tokio's blocking pool at most: room for the two QR renders and the two
+/// argon2 hashes their semaphores allow, so a flood of one never starves the other.
+const MAX_BLOCKING_THREADS: usize = 4;
 
 /// SIGTERM and SIGINT: either one stops the daemon cleanly.
 struct Signals {
@@ -545,7 +546,7 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
                     "\n{:<8}  {:<24}  {:<20}  {}",
                     t["prefix"].as_str().unwrap_or_default(),
                     t["policy"].as_str().unwrap_or_default(),
-                    rfc3339(t["expiration"].as_i64().unwrap_or_default()),
+                    totpd::api::fields::rfc3339(t["expiration"].as_i64().unwrap_or_default()),
                     state
                 ));
             }
@@ -602,21 +603,6 @@ async fn listed_tokens(
         .as_array()
         .cloned()
         .unwrap_or_default()))
-}
-
-/// Unix seconds as `2026-11-27T10:00:00Z`; past the year 9999, the number itself.
-fn rfc3339(secs: i64) -> String {
-    const LAST_RFC3339_SECOND: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    u64::try_from(secs)
-        .ok()
-        .filter(|s| *s <= LAST_RFC3339_SECOND)
-        .map(|s| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
-            )
-            .to_string()
-        })
-        .unwrap_or_else(|| secs.to_string())
 }
 
 async fn code(

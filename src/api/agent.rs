@@ -3,7 +3,7 @@
 //! Each secret belongs to the caller's entity: another entity's id answers 404, never
 //! 403, so ids do not leak.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -13,7 +13,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::fields::flex_int;
+use super::fields::{flex_int, rfc3339};
 use super::{extract, now, surface_error, AppState, Surface, SurfaceError};
 use crate::auth::Capability;
 use crate::otp::{self, uri, Params};
@@ -224,10 +224,6 @@ impl CreateReq {
         }
         Ok(new)
     }
-}
-
-fn rfc3339(t: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
 }
 
 /// A secret as list shows it: never the seed.

@@ -66,6 +66,17 @@ pub fn parse_seconds(s: &str) -> Option<i64> {
     i64::try_from(d.as_secs()).ok()
 }
 
+/// Unix seconds as RFC 3339 (`2026-11-27T10:00:00Z`); before 1970, 1970; past the year
+/// 9999 (which RFC 3339 cannot write), the number itself.
+pub fn rfc3339(secs: i64) -> String {
+    const LAST_RFC3339_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if secs > LAST_RFC3339_SECOND {
+        return secs.to_string();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +88,14 @@ mod tests {
         period: Option<i64>,
         #[serde(default, deserialize_with = "flex_int")]
         digits: Option<i64>,
+    }
+
+    #[test]
+    fn times_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), i64::MAX.to_string());
     }
 
     #[test]

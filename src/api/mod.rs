@@ -9,6 +9,7 @@ pub mod extract;
 pub mod fields;
 pub mod nitride;
 pub mod sys;
+pub mod user_totp;
 pub mod vault;
 pub mod vault_mfa;
 
@@ -40,6 +41,10 @@ pub struct AppState {
     pub renders: Arc<tokio::sync::Semaphore>,
     /// The auth mounts that hold Nitride policy tokens.
     pub mounts: Arc<nitride::Mounts>,
+    /// How the user login step is configured.
+    pub login: Arc<user_totp::Settings>,
+    /// Bounds the argon2 work (recovery codes) running at once, whatever clients send.
+    pub hashes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -49,7 +54,15 @@ impl AppState {
             metrics: Default::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
             mounts: Arc::new(nitride::Mounts::default()),
+            login: Arc::new(user_totp::Settings::default()),
+            hashes: user_totp::hash_bound(),
         }
+    }
+
+    /// The same state with this login-step configuration.
+    pub fn with_login(mut self, settings: user_totp::Settings) -> Self {
+        self.login = Arc::new(settings);
+        self
     }
 
     /// The same state serving these Nitride mounts.
@@ -295,6 +308,7 @@ pub const SURFACES: &[Surface] = &[
     vault_mfa::SURFACE,
     agent::SURFACE,
     nitride::SURFACE,
+    user_totp::SURFACE,
 ];
 
 /// The whole application: every surface's routes, plus 404/405 in the shape of the

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::{extract, surface_error, SurfaceError};
+use crate::auth;
 
 /// The caller, rejected in Vault's shape.
 pub type Caller = extract::Caller<VaultError>;
@@ -109,26 +110,10 @@ impl ListQuery {
     }
 }
 
-/// The longest entity id a client may name (admin-generate, validate, token create).
-pub const MAX_ENTITY_ID: usize = 128;
-
-/// An entity id given by a client: trimmed, 1..=128 characters of letters, digits and
-/// `.`, `_`, `-`, `:`, `@`.
+/// An entity id given by a client, checked by [`auth::entity_id`], as a Vault error
+/// naming `field`.
 pub fn entity_id(field: &str, raw: &str) -> Result<String, VaultError> {
-    let e = raw.trim();
-    if e.is_empty() {
-        return Err(VaultError::bad_request(format!("{field}: must be set")));
-    }
-    if e.len() > MAX_ENTITY_ID
-        || !e
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
-    {
-        return Err(VaultError::bad_request(format!(
-            "{field}: at most {MAX_ENTITY_ID} letters, digits and '.', '_', '-', ':', '@'"
-        )));
-    }
-    Ok(e.to_string())
+    auth::entity_id(raw).map_err(|e| VaultError::bad_request(format!("{field}: {e}")))
 }
 
 /// Vault's success envelope around `data`, for the request `request_id`.

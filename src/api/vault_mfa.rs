@@ -123,7 +123,7 @@ impl MethodReq {
             // The longest URL generate can make: the longest entity id, each character
             // percent-encoded, and a key_size secret.
             let sample_secret = vec![0u8; key_size as usize];
-            let longest_entity = ":".repeat(vault::MAX_ENTITY_ID);
+            let longest_entity = ":".repeat(crate::auth::MAX_ENTITY_ID);
             let sample = uri::build(&issuer, &longest_entity, &sample_secret, &params);
             match qr::min_size(&sample) {
                 Ok(min) if qr_size < i64::from(min) => {

@@ -105,6 +105,29 @@ impl Caller {
     }
 }
 
+/// The longest entity id a client may name (admin-generate, validate, token create,
+/// the login step's `user`).
+pub const MAX_ENTITY_ID: usize = 128;
+
+/// An entity id given by a client: trimmed, 1..=128 characters of letters, digits and
+/// `.`, `_`, `-`, `:`, `@`. The error says what is wrong, never echoing the value.
+pub fn entity_id(raw: &str) -> Result<String, String> {
+    let e = raw.trim();
+    if e.is_empty() {
+        return Err("must be set".into());
+    }
+    if e.len() > MAX_ENTITY_ID
+        || !e
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
+    {
+        return Err(format!(
+            "at most {MAX_ENTITY_ID} letters, digits and '.', '_', '-', ':', '@'"
+        ));
+    }
+    Ok(e.to_string())
+}
+
 /// The ACL path of a request path: `/v1/sys/x` → `sys/x`, `/api/v2/totp` → `api/v2/totp`.
 pub fn acl_path(request_path: &str) -> &str {
     request_path

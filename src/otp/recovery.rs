@@ -171,12 +171,22 @@ mod tests {
         assert_eq!(parse(&shown), Some(c.clone()));
         assert_eq!(parse(&shown.to_uppercase()), Some(c.clone()));
         assert_eq!(parse(&shown.replace('-', "")), Some(c.clone()));
-        assert_eq!(parse(&format!(" {} ", shown.replace('-', " "))), Some(c.clone()));
+        assert_eq!(
+            parse(&format!(" {} ", shown.replace('-', " "))),
+            Some(c.clone())
+        );
         assert_eq!(
             parse("0o1i-l000-0000-0000-0000").map(|c| c.display()),
             Some("0011-1000-0000-0000-0000".into())
         );
-        for bad in ["", "123456", "abcd-efgh", "abcd-efgh-jkmn-pqrs-tvwxy", "abcd-efgh-jkmn-pqrs-tvwu", "äbcd-efgh-jkmn-pqrs-tvwx"] {
+        for bad in [
+            "",
+            "123456",
+            "abcd-efgh",
+            "abcd-efgh-jkmn-pqrs-tvwxy",
+            "abcd-efgh-jkmn-pqrs-tvwu",
+            "äbcd-efgh-jkmn-pqrs-tvwx",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

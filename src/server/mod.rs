@@ -82,7 +82,9 @@ pub async fn daemon(
         }
         let listeners = bind(&cfg, inherited).await?;
         tracing::info!(mounts = ?mounts.names(), "policy token mounts");
-        let state = AppState::new(store.clone()).with_mounts(mounts);
+        let state = AppState::new(store.clone())
+            .with_mounts(mounts)
+            .with_login(cfg.login.clone());
         let app = http::app(state, nix::unistd::getuid().as_raw());
         let limits = ConnLimits {
             header_timeout: cfg.header_timeout,

@@ -244,8 +244,9 @@ pub enum Activation {
     /// The device is active; `first`: it is the user's first, and the recovery codes
     /// given are now the user's set.
     Activated { first: bool },
-    /// It would be the user's first active device but no recovery codes came with the
-    /// call; nothing changed (make a set and call again).
+    /// The code is right, but it would be the user's first active device and no
+    /// recovery codes came with the call: nothing changed, the code is not used up
+    /// (make a set and call again). So codes are hashed only for a right code.
     NeedsCodes,
     /// The user has no pending device (of that name, if one was named).
     NoPending,
@@ -499,14 +500,7 @@ pub trait AgentStore {
 
 /// Every area of the store, as one handle the app holds.
 pub trait Store:
-    TokenStore
-    + PolicyStore
-    + PolicyTokenStore
-    + MfaStore
-    + AgentStore
-    + UserTotpStore
-    + Send
-    + Sync
+    TokenStore + PolicyStore + PolicyTokenStore + MfaStore + AgentStore + UserTotpStore + Send + Sync
 {
     /// Finishes queued writes and closes the database; later calls fail with `Closed`.
     /// Blocks: call it off the async workers.

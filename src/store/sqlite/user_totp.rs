@@ -30,10 +30,12 @@ fn lock_of(c: &Connection, entity: &str) -> Result<LockState, StoreError> {
         .prepare_cached("SELECT failures, locked_until FROM user_locks WHERE entity_id = ?1")?
         .query_row([entity], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(row.map_or_else(LockState::default, |(failures, locked_until)| LockState {
-        failures: failures.max(0) as u32,
-        locked_until,
-    }))
+    Ok(
+        row.map_or_else(LockState::default, |(failures, locked_until)| LockState {
+            failures: failures.max(0) as u32,
+            locked_until,
+        }),
+    )
 }
 
 fn save_lock(c: &Connection, entity: &str, lock: LockState) -> Result<(), StoreError> {
@@ -83,10 +85,10 @@ fn devices(
 }
 
 fn active_count(c: &Connection, entity: &str) -> Result<i64, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT count(*) FROM user_devices WHERE entity_id = ?1 AND active = 1",
-    )?
-    .query_row([entity], |r| r.get(0))?)
+    Ok(
+        c.prepare_cached("SELECT count(*) FROM user_devices WHERE entity_id = ?1 AND active = 1")?
+            .query_row([entity], |r| r.get(0))?,
+    )
 }
 
 fn temp_user(c: &Connection, hash: &str, now: i64) -> Result<Option<String>, StoreError> {
@@ -98,7 +100,11 @@ fn temp_user(c: &Connection, hash: &str, now: i64) -> Result<Option<String>, Sto
 }
 
 /// The user a proof is about, or why there is none to check.
-fn user_of(c: &Connection, proof: &Proof<'_>, now: i64) -> Result<Result<String, Check>, StoreError> {
+fn user_of(
+    c: &Connection,
+    proof: &Proof<'_>,
+    now: i64,
+) -> Result<Result<String, Check>, StoreError> {
     let user = match proof {
         Proof::Login { temp_hash, .. } => match temp_user(c, temp_hash, now)? {
             Some(u) => u,
@@ -225,9 +231,6 @@ impl UserTotpStore for SqliteStore {
                 },
             };
             let first = active_count(c, &entity)? == 0;
-            if first && codes.is_none() {
-                return Ok(Activation::NeedsCodes);
-            }
             let (outcome, _, lock) = otp::verify_any(
                 &[(&device.secret, &device.params, device.last_step)],
                 &WINDOW,
@@ -235,11 +238,19 @@ impl UserTotpStore for SqliteStore {
                 now,
                 lock_of(c, &entity)?,
             );
-            save_lock(c, &entity, lock)?;
             let step = match outcome {
                 Outcome::Accepted { step } => step,
-                Outcome::Refused(r) => return Ok(Activation::Refused(r)),
+                Outcome::Refused(r) => {
+                    save_lock(c, &entity, lock)?;
+                    return Ok(Activation::Refused(r));
+                }
             };
+            // Recovery codes are hashed only for a right code, outside the writer; until
+            // they come, nothing is written and the code stays good.
+            if first && codes.is_none() {
+                return Ok(Activation::NeedsCodes);
+            }
+            save_lock(c, &entity, lock)?;
             // The activating code's step counts as used: it cannot also log in.
             otp_secrets::record_step(c, &device.secret_id, step, now)?;
             c.execute(
@@ -423,7 +434,8 @@ impl UserTotpStore for SqliteStore {
                     Err(Refusal::Replay)
                 }
             };
-            let (settled, lock) = otp::settle(attempt, lock, WINDOW.max_attempts, LOCK_SECONDS, now);
+            let (settled, lock) =
+                otp::settle(attempt, lock, WINDOW.max_attempts, LOCK_SECONDS, now);
             save_lock(c, &user, lock)?;
             match settled {
                 Ok(()) => {

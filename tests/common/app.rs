@@ -65,6 +65,12 @@ impl TestApp {
         self.app = app(self.state.clone(), DAEMON_UID);
     }
 
+    /// Runs the login step with these settings from now on.
+    pub fn set_login(&mut self, settings: totpd::api::user_totp::Settings) {
+        self.state = self.state.clone().with_login(settings);
+        self.app = app(self.state.clone(), DAEMON_UID);
+    }
+
     pub fn root_token(&self) -> String {
         self.root_token.clone()
     }
@@ -78,7 +84,10 @@ impl TestApp {
         self.store.close();
         self.store = open(&self.opts);
         let mounts = (*self.state.mounts).clone();
-        self.state = AppState::new(self.store.clone()).with_mounts(mounts);
+        let login = (*self.state.login).clone();
+        self.state = AppState::new(self.store.clone())
+            .with_mounts(mounts)
+            .with_login(login);
         self.app = app(self.state.clone(), DAEMON_UID);
     }
 

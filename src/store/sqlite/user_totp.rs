@@ -65,7 +65,7 @@ fn devices(
     let rows: Vec<(String, String)> = c
         .prepare_cached(
             "SELECT name, secret_id FROM user_devices WHERE entity_id = ?1 AND active = ?2
-             ORDER BY created_at, name",
+             ORDER BY created_at, rowid",
         )?
         .query_map(params![entity, active], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -271,7 +271,7 @@ impl UserTotpStore for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT name, active, created_at, last_used_at FROM user_devices
-                 WHERE entity_id = ?1 ORDER BY created_at, name",
+                 WHERE entity_id = ?1 ORDER BY created_at, rowid",
             )?;
             let rows = stmt.query_map([entity], |r| {
                 Ok(UserDevice {

@@ -100,12 +100,15 @@ pub(super) fn open(
     Ok(Some((secret, row.params)))
 }
 
+/// An opened secret, its parameters and its last accepted step.
+pub(super) type Opened = (Vec<u8>, Params, Option<i64>);
+
 /// The opened secret, its parameters and its last accepted step.
 pub(super) fn open_with_step(
     c: &Connection,
     sealer: &Sealer,
     id: &str,
-) -> Result<Option<(Vec<u8>, Params, Option<i64>)>, StoreError> {
+) -> Result<Option<Opened>, StoreError> {
     let Some(row) = load(c, id)? else {
         return Ok(None);
     };

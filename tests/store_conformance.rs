@@ -1,11 +1,12 @@
 //! Conformance suite for the storage traits (`totpd::store::Store`).
 //!
 //! Every case talks only to an `Arc<dyn Store>`, so each backend must pass it unchanged:
-//! every operation of `TokenStore`, `PolicyStore`, `PolicyTokenStore`, `MfaStore` and
-//! `AgentStore` does what its doc comment says, the "atomic against every concurrent
-//! call" rules hold under 64 concurrent callers (one right code is accepted exactly once,
-//! no failure goes uncounted, a method name is won by exactly one create) and 16
-//! concurrent spends of one policy token (exactly one writes), replay state survives a close
+//! every operation of `TokenStore`, `PolicyStore`, `PolicyTokenStore`, `MfaStore`,
+//! `AgentStore` and `UserTotpStore` does what its doc comment says, the "atomic against
+//! every concurrent call" rules hold under 64 concurrent callers (one right code is
+//! accepted exactly once, no failure goes uncounted, a method name is won by exactly one
+//! create) and 16 concurrent spends of one policy token (exactly one writes), of one user
+//! code and of one recovery code (exactly one logs in), replay state survives a close
 //! and reopen, a database refuses a key it was not created with, and a closed store
 //! refuses work with `Closed`.
 //!
@@ -15,11 +16,12 @@
 
 use std::sync::Arc;
 
+use totpd::otp::recovery::{self, RecoveryCode};
 use totpd::otp::{code_at, Outcome, Params, Refusal};
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    AgentSecretInfo, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Sealer, Spend,
-    SpendRefusal, Store, StoreError, Thing, TokenRecord,
+    Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Proof,
+    RecoveryHash, Sealer, Setup, Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord,
 };
 use uuid::Uuid;
 
@@ -72,6 +74,10 @@ macro_rules! conformance_suite {
             case_mfa_secret_delete,
             case_mfa_check_outcomes,
             case_agent_secrets,
+            case_user_setup_and_activate,
+            case_user_code_checks,
+            case_user_login_with_temp_tokens,
+            case_user_recovery_codes,
             case_policy_tokens_create_list_delete,
             case_policy_token_spend_rules,
             case_policy_token_purge,
@@ -80,6 +86,8 @@ macro_rules! conformance_suite {
             case_concurrent_wrong_codes_all_counted,
             case_replay_refused_after_reopen,
             case_concurrent_creates_one_name_one_winner,
+            case_concurrent_logins_one_code_one_winner,
+            case_concurrent_recovery_spends_one_winner,
             case_wrong_key_refused,
             case_closed_store_refuses,
         );
@@ -278,6 +286,167 @@ async fn concurrent_checks(
         results.push(t.await.expect("check task panicked"));
     }
     results
+}
+
+/// The period of every user device, in seconds.
+const PERIOD: i64 = 30;
+
+fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// A fixed device secret per tag: codes are deterministic, so a coincidence between two
+/// devices' codes would fail every run, never just some.
+fn device_secret(tag: u8) -> Vec<u8> {
+    vec![tag; 20]
+}
+
+/// The code of `secret` for the step `k` steps after NOW's.
+fn step_code(secret: &[u8], k: i64) -> String {
+    code_at(secret, &params(), NOW + k * PERIOD)
+}
+
+/// A well-formed code right for none of `secrets` at `now` under the user window (the
+/// current step and one either side), as [`wrong_code`] for one secret: a user's code is
+/// checked against every active device, so it must be wrong for all of them. Up to three
+/// secrets: nine right codes, ten candidates.
+fn user_wrong_code(secrets: &[&[u8]], now: i64) -> String {
+    let p = params();
+    let right: Vec<String> = secrets
+        .iter()
+        .flat_map(|s| (-1..=1).map(move |k| code_at(s, &p, now + k * PERIOD)))
+        .collect();
+    (0..10)
+        .map(|d: u32| d.to_string().repeat(p.digits as usize))
+        .find(|c| !right.contains(c))
+        .expect("a wrong code among ten candidates")
+}
+
+/// Sets up `entity`'s default device and activates it with the code of NOW, storing
+/// `codes`: the user is active, NOW's step is used on the device, no failures count.
+async fn active_user(s: &Arc<dyn Store>, entity: &str, secret: &[u8], codes: &[RecoveryHash]) {
+    assert_eq!(
+        s.setup_user_device(entity, None, &new_id(), secret, &params(), NOW)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        s.activate_user_device(entity, None, &step_code(secret, 0), Some(codes), NOW)
+            .await
+            .unwrap(),
+        Activation::Activated { first: true }
+    );
+}
+
+/// Adds an active device `name` to a user who already has one, activated at NOW.
+async fn added_device(s: &Arc<dyn Store>, entity: &str, name: &str, secret: &[u8]) {
+    assert_eq!(
+        s.setup_user_device(entity, Some(name), &new_id(), secret, &params(), NOW)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        s.activate_user_device(entity, Some(name), &step_code(secret, 0), None, NOW)
+            .await
+            .unwrap(),
+        Activation::Activated { first: false }
+    );
+}
+
+/// The user's devices as (name, active, created_at), oldest first.
+async fn user_devices(s: &Arc<dyn Store>, entity: &str) -> Vec<(String, bool, i64)> {
+    s.list_user_devices(entity)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.name, d.active, d.created_at))
+        .collect()
+}
+
+/// The first `n` codes of one new recovery set, with their stored form. argon2 is slow
+/// on purpose, so a case hashes only the few codes it uses: the store takes any number.
+fn recovery_codes(n: usize) -> (Vec<RecoveryCode>, Vec<RecoveryHash>) {
+    tokio::task::block_in_place(|| {
+        let codes: Vec<RecoveryCode> = recovery::generate_set()
+            .expect("a recovery set")
+            .into_iter()
+            .take(n)
+            .collect();
+        let hashes = codes
+            .iter()
+            .map(|c| RecoveryHash {
+                selector: c.selector.clone(),
+                hash: recovery::hash(c).expect("a recovery hash"),
+            })
+            .collect();
+        (codes, hashes)
+    })
+}
+
+/// The caller's argon2 check of a typed recovery code, off the async workers.
+fn recovery_matches(code: &RecoveryCode, stored: Option<&str>) -> bool {
+    tokio::task::block_in_place(|| recovery::check(code, stored))
+}
+
+/// `n` temp_tokens for `entity`, good for five minutes from NOW, with one login token
+/// each to store on success; every create must succeed (the user is active).
+async fn temp_tokens(s: &Arc<dyn Store>, entity: &str, n: usize) -> Vec<(String, TokenRecord)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let temp = format!("temp-{entity}-{i}");
+        assert!(s
+            .create_temp_token(entity, &temp, NOW, NOW + 300)
+            .await
+            .unwrap());
+        let login = token(&format!("login-{i}"), &format!("acc-login-{i}"), None, None);
+        out.push((temp, login));
+    }
+    out
+}
+
+/// Runs `n` calls made by `call` (from their index) at once, each in its own task,
+/// released together by a barrier so they really contend. Results in index order.
+async fn race<F, Fut>(n: usize, call: F) -> Vec<Result<Check, StoreError>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Check, StoreError>> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, call) = (Arc::clone(&barrier), call(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                call.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for t in tasks {
+        results.push(t.await.expect("race task panicked"));
+    }
+    results
+}
+
+/// The index of the one accepted call of a race, asserting that there is exactly one and
+/// that every other call was refused as a replay or by the lock the replays bring.
+fn one_winner(results: &[Result<Check, StoreError>]) -> usize {
+    let mut winners = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(Check::Accepted) => winners.push(i),
+            Ok(Check::Refused(Refusal::Replay | Refusal::Locked)) => {}
+            other => panic!("call {i}: unexpected {other:?} in {results:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one call is accepted: {results:?}"
+    );
+    winners[0]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1142,6 +1311,620 @@ async fn case_agent_secrets(b: &dyn Backend) {
 }
 
 // ---------------------------------------------------------------------------------------
+// UserTotpStore
+// ---------------------------------------------------------------------------------------
+
+async fn case_user_setup_and_activate(b: &dyn Backend) {
+    let s = open(b);
+    let (first, second, backup, third) = (
+        device_secret(1),
+        device_secret(2),
+        device_secret(3),
+        device_secret(4),
+    );
+    let (_, codes) = recovery_codes(2);
+    let setup = |name: Option<&'static str>, secret: &[u8], now: i64| {
+        let (s, secret) = (Arc::clone(&s), secret.to_vec());
+        async move {
+            s.setup_user_device("user-1", name, &new_id(), &secret, &params(), now)
+                .await
+                .unwrap()
+        }
+    };
+    let activate = |name: Option<&'static str>, code: String, codes: Option<Vec<RecoveryHash>>| {
+        let s = Arc::clone(&s);
+        async move {
+            s.activate_user_device("user-1", name, &code, codes.as_deref(), NOW)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(setup(None, &first, NOW).await, Setup::Pending);
+    // A second setup while the first is pending replaces it: one device, the new secret.
+    assert_eq!(setup(None, &second, NOW).await, Setup::Pending);
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![("default".to_string(), false, NOW)]
+    );
+    assert_eq!(
+        activate(None, step_code(&first, 0), None).await,
+        Activation::Refused(Refusal::Invalid),
+        "the replaced secret's code is wrong"
+    );
+    assert_eq!(
+        activate(None, user_wrong_code(&[&second], NOW), None).await,
+        Activation::Refused(Refusal::Invalid)
+    );
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![("default".to_string(), false, NOW)]
+    );
+
+    // Right, but the first device needs recovery codes: nothing changes and the code is
+    // not used up, so the caller can hash a set and call again with the same code.
+    let right = step_code(&second, 0);
+    assert_eq!(
+        activate(None, right.clone(), None).await,
+        Activation::NeedsCodes
+    );
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![("default".to_string(), false, NOW)]
+    );
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 0);
+    assert_eq!(
+        activate(None, right, Some(codes.clone())).await,
+        Activation::Activated { first: true }
+    );
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![("default".to_string(), true, NOW)]
+    );
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), codes.len());
+    for c in &codes {
+        assert_eq!(
+            s.get_recovery_hash("user-1", &c.selector).await.unwrap(),
+            Some(c.hash.clone())
+        );
+    }
+
+    // Without a name, setup is for a first device only.
+    assert_eq!(setup(None, &backup, NOW).await, Setup::AlreadyActive);
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![("default".to_string(), true, NOW)]
+    );
+    assert_eq!(
+        setup(Some("backup"), &backup, NOW + 1).await,
+        Setup::Pending
+    );
+    // An active device's name is taken, and its secret stays: its next code still works.
+    assert_eq!(
+        setup(Some("default"), &third, NOW + 2).await,
+        Setup::NameTaken
+    );
+    assert_eq!(
+        s.check_user_code(
+            Proof::Owner {
+                entity_id: "user-1"
+            },
+            &step_code(&second, 1),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Check::Accepted
+    );
+    assert_eq!(setup(Some("third"), &third, NOW + 2).await, Setup::Pending);
+
+    // Two pending devices: without a name the store cannot tell which is meant.
+    assert_eq!(
+        activate(None, step_code(&backup, 0), None).await,
+        Activation::SeveralPending
+    );
+    // A later device is not the first: codes given with it are not the user's set.
+    let stray = RecoveryHash {
+        selector: "none".into(),
+        hash: "not a stored hash".into(),
+    };
+    assert_eq!(
+        activate(Some("backup"), step_code(&backup, 0), Some(vec![stray])).await,
+        Activation::Activated { first: false }
+    );
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), codes.len());
+    assert_eq!(s.get_recovery_hash("user-1", "none").await.unwrap(), None);
+    assert_eq!(
+        s.get_recovery_hash("user-1", &codes[0].selector)
+            .await
+            .unwrap(),
+        Some(codes[0].hash.clone())
+    );
+
+    // Active or unknown names are not pending.
+    assert_eq!(
+        activate(Some("default"), step_code(&second, 1), None).await,
+        Activation::NoPending
+    );
+    assert_eq!(
+        activate(Some("missing"), step_code(&third, 0), None).await,
+        Activation::NoPending
+    );
+    assert_eq!(
+        s.activate_user_device("user-2", None, &step_code(&third, 0), None, NOW)
+            .await
+            .unwrap(),
+        Activation::NoPending
+    );
+
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![
+            ("default".to_string(), true, NOW),
+            ("backup".to_string(), true, NOW + 1),
+            ("third".to_string(), false, NOW + 2),
+        ]
+    );
+    assert_eq!(user_devices(&s, "user-2").await, vec![]);
+    close(&s).await;
+}
+
+async fn case_user_code_checks(b: &dyn Backend) {
+    let s = open(b);
+    let (main, backup) = (device_secret(1), device_secret(2));
+    active_user(&s, "user-1", &main, &[]).await;
+    added_device(&s, "user-1", "backup", &backup).await;
+    let check = |code: String, now: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            s.check_user_code(
+                Proof::Owner {
+                    entity_id: "user-1",
+                },
+                &code,
+                now,
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // The code that activated a device cannot also confirm an action.
+    assert_eq!(
+        check(step_code(&main, 0), NOW).await,
+        Check::Refused(Refusal::Replay)
+    );
+    assert_eq!(check(step_code(&main, 1), NOW).await, Check::Accepted);
+    assert_eq!(
+        check(step_code(&main, 1), NOW).await,
+        Check::Refused(Refusal::Replay)
+    );
+    // Every active device is checked, each with its own used steps.
+    assert_eq!(check(step_code(&backup, 1), NOW).await, Check::Accepted);
+
+    // Five wrong codes in a row lock the user, whichever devices they were meant for...
+    let t1 = NOW + PERIOD;
+    let wrong = user_wrong_code(&[&main, &backup], t1);
+    for i in 1..=5 {
+        assert_eq!(
+            check(wrong.clone(), t1).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    // ...so even a right code of either device is refused until one period has passed.
+    assert_eq!(
+        check(step_code(&main, 2), t1).await,
+        Check::Refused(Refusal::Locked)
+    );
+    // Refusals during the lock do not count: five of them late in the lock would lock
+    // the user again, past its end, if they did.
+    let late = t1 + PERIOD - 1;
+    let wrong = user_wrong_code(&[&main, &backup], late);
+    for code in [
+        step_code(&main, 2),
+        step_code(&backup, 2),
+        wrong.clone(),
+        wrong.clone(),
+        wrong,
+    ] {
+        assert_eq!(check(code, late).await, Check::Refused(Refusal::Locked));
+    }
+    let t2 = t1 + PERIOD;
+    assert_eq!(check(step_code(&main, 2), t2).await, Check::Accepted);
+
+    // A replay is a refused code, and counted: with it, four wrong codes lock.
+    assert_eq!(
+        check(step_code(&main, 2), t2).await,
+        Check::Refused(Refusal::Replay)
+    );
+    let wrong = user_wrong_code(&[&main, &backup], t2);
+    for i in 1..=4 {
+        assert_eq!(
+            check(wrong.clone(), t2).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    assert_eq!(
+        check(step_code(&backup, 2), t2).await,
+        Check::Refused(Refusal::Locked)
+    );
+    let t3 = t2 + PERIOD;
+    assert_eq!(check(step_code(&backup, 3), t3).await, Check::Accepted);
+
+    // Without an active device there is nothing to check; a pending one logs nobody in.
+    assert_eq!(
+        s.check_user_code(
+            Proof::Owner {
+                entity_id: "nobody"
+            },
+            &step_code(&main, 3),
+            t3
+        )
+        .await
+        .unwrap(),
+        Check::NotActive
+    );
+    assert_eq!(
+        s.setup_user_device("user-2", None, &new_id(), &main, &params(), NOW)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        s.check_user_code(
+            Proof::Owner {
+                entity_id: "user-2"
+            },
+            &step_code(&main, 3),
+            t3
+        )
+        .await
+        .unwrap(),
+        Check::NotActive
+    );
+    close(&s).await;
+}
+
+async fn case_user_login_with_temp_tokens(b: &dyn Backend) {
+    let s = open(b);
+    let secret = device_secret(1);
+
+    // A temp_token is for a user with an active device; a pending one is not enough.
+    assert!(!s
+        .create_temp_token("user-1", "temp-early", NOW, NOW + 300)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.setup_user_device("user-1", None, &new_id(), &secret, &params(), NOW)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert!(!s
+        .create_temp_token("user-1", "temp-early", NOW, NOW + 300)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_temp_token_user("temp-early", NOW).await.unwrap(),
+        None,
+        "a refused temp_token is not stored"
+    );
+    assert_eq!(
+        s.activate_user_device("user-1", None, &step_code(&secret, 0), Some(&[]), NOW)
+            .await
+            .unwrap(),
+        Activation::Activated { first: true }
+    );
+
+    assert!(s
+        .create_temp_token("user-1", "temp-1", NOW, NOW + 300)
+        .await
+        .unwrap());
+    assert!(s
+        .create_temp_token("user-1", "temp-short", NOW, NOW + 10)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_temp_token_user("temp-1", NOW + 299).await.unwrap(),
+        Some("user-1".to_string())
+    );
+    assert_eq!(
+        s.get_temp_token_user("temp-1", NOW + 300).await.unwrap(),
+        None,
+        "good strictly before expires_at"
+    );
+
+    let t1 = NOW + PERIOD;
+    let (right, wrong) = (step_code(&secret, 1), user_wrong_code(&[&secret], t1));
+    let login_a = token("login-a", "acc-login-a", None, None);
+    let login_b = token("login-b", "acc-login-b", None, None);
+    let login = |temp: &'static str, login: &TokenRecord, code: &str| {
+        let (s, login, code) = (Arc::clone(&s), login.clone(), code.to_string());
+        async move {
+            s.check_user_code(
+                Proof::Login {
+                    temp_hash: temp,
+                    login: &login,
+                },
+                &code,
+                t1,
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // An unknown or expired temp_token: nothing is checked, spent or counted. Five
+    // wrong codes would lock the user if they counted; then the four below would not be
+    // Invalid, and the right code not accepted.
+    assert_eq!(
+        login("no-such-temp", &login_a, &right).await,
+        Check::BadTempToken
+    );
+    assert_eq!(
+        login("temp-short", &login_a, &right).await,
+        Check::BadTempToken
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            login("temp-short", &login_a, &wrong).await,
+            Check::BadTempToken
+        );
+    }
+    assert_eq!(s.get_token("login-a", NOW).await.unwrap(), None);
+
+    // A wrong code leaves the temp_token usable.
+    for i in 1..=4 {
+        assert_eq!(
+            login("temp-1", &login_a, &wrong).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    assert_eq!(
+        s.get_temp_token_user("temp-1", t1).await.unwrap(),
+        Some("user-1".to_string())
+    );
+    assert_eq!(s.get_token("login-a", NOW).await.unwrap(), None);
+
+    // Success stores the login token as the temp_token's user and spends the temp_token.
+    assert_eq!(login("temp-1", &login_a, &right).await, Check::Accepted);
+    assert_eq!(
+        s.get_token("login-a", NOW).await.unwrap(),
+        Some(TokenRecord {
+            entity_id: "user-1".into(),
+            ..login_a.clone()
+        })
+    );
+    assert_eq!(s.get_temp_token_user("temp-1", t1).await.unwrap(), None);
+
+    // A temp_token logs in once, even with a fresh right code, which it leaves unspent.
+    let fresh = step_code(&secret, 2);
+    assert_eq!(login("temp-1", &login_b, &fresh).await, Check::BadTempToken);
+    assert_eq!(s.get_token("login-b", NOW).await.unwrap(), None);
+    assert!(s
+        .create_temp_token("user-1", "temp-2", t1, t1 + 300)
+        .await
+        .unwrap());
+    assert_eq!(login("temp-2", &login_b, &fresh).await, Check::Accepted);
+    assert_eq!(
+        s.get_token("login-b", NOW)
+            .await
+            .unwrap()
+            .map(|t| t.entity_id),
+        Some("user-1".to_string())
+    );
+    close(&s).await;
+}
+
+async fn case_user_recovery_codes(b: &dyn Backend) {
+    let s = open(b);
+    let (main, backup, spare) = (device_secret(1), device_secret(2), device_secret(3));
+    let (codes, hashes) = recovery_codes(3);
+    let (set, replacement) = (&hashes[..2], &hashes[2..]);
+    active_user(&s, "user-1", &main, set).await;
+    added_device(&s, "user-1", "backup", &backup).await;
+    let owner = Proof::Owner {
+        entity_id: "user-1",
+    };
+    let spend = |i: usize, matched: bool, now: i64| {
+        let (s, selector) = (Arc::clone(&s), codes[i].selector.clone());
+        async move {
+            s.spend_recovery_code(owner, &selector, matched, now)
+                .await
+                .unwrap()
+        }
+    };
+    let totp = |code: String, now: i64| {
+        let s = Arc::clone(&s);
+        async move { s.check_user_code(owner, &code, now).await.unwrap() }
+    };
+    let stored = |i: usize| {
+        let (s, selector) = (Arc::clone(&s), codes[i].selector.clone());
+        async move { s.get_recovery_hash("user-1", &selector).await.unwrap() }
+    };
+
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 2);
+    assert_eq!(stored(0).await, Some(set[0].hash.clone()));
+    assert_eq!(stored(1).await, Some(set[1].hash.clone()));
+    assert_eq!(
+        s.get_recovery_hash("user-2", &codes[0].selector)
+            .await
+            .unwrap(),
+        None,
+        "codes are the user's"
+    );
+    assert_eq!(s.get_recovery_hash("user-1", "none").await.unwrap(), None);
+
+    // One failure count per user, across devices and recovery codes: three wrong TOTP
+    // codes and two recovery misses lock.
+    let wrong = user_wrong_code(&[&main, &backup], NOW);
+    for i in 1..=3 {
+        assert_eq!(
+            totp(wrong.clone(), NOW).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    let typo = RecoveryCode {
+        selector: codes[0].selector.clone(),
+        secret: codes[1].secret.clone(),
+    };
+    assert!(!recovery_matches(&typo, stored(0).await.as_deref()));
+    assert_eq!(spend(0, false, NOW).await, Check::Refused(Refusal::Invalid));
+    assert_eq!(spend(1, false, NOW).await, Check::Refused(Refusal::Invalid));
+    // A lock refuses a matching recovery code too, and leaves it unspent.
+    assert_eq!(spend(0, true, NOW).await, Check::Refused(Refusal::Locked));
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 2);
+    assert_eq!(stored(0).await, Some(set[0].hash.clone()));
+    assert_eq!(
+        totp(step_code(&main, 1), NOW).await,
+        Check::Refused(Refusal::Locked)
+    );
+
+    // After the lock a matching code is spent, once.
+    let t1 = NOW + PERIOD;
+    assert!(recovery_matches(&codes[0], stored(0).await.as_deref()));
+    assert_eq!(spend(0, true, t1).await, Check::Accepted);
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 1);
+    assert_eq!(stored(0).await, None);
+    assert_eq!(stored(1).await, Some(set[1].hash.clone()));
+    // A replay and a miss count like wrong TOTP codes: with them, three more lock.
+    assert_eq!(spend(0, true, t1).await, Check::Refused(Refusal::Replay));
+    assert_eq!(spend(1, false, t1).await, Check::Refused(Refusal::Invalid));
+    let wrong = user_wrong_code(&[&main, &backup], t1);
+    for i in 1..=3 {
+        assert_eq!(
+            totp(wrong.clone(), t1).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    assert_eq!(spend(1, true, t1).await, Check::Refused(Refusal::Locked));
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 1);
+
+    // A recovery code logs in like a TOTP code: the temp_token is spent, the login stored.
+    let t2 = t1 + PERIOD;
+    assert!(s
+        .create_temp_token("user-1", "temp-r", t2, t2 + 300)
+        .await
+        .unwrap());
+    let login = token("login-r", "acc-login-r", None, None);
+    let via_temp = |temp: &'static str, i: usize| {
+        let (s, selector, login) = (Arc::clone(&s), codes[i].selector.clone(), login.clone());
+        async move {
+            s.spend_recovery_code(
+                Proof::Login {
+                    temp_hash: temp,
+                    login: &login,
+                },
+                &selector,
+                true,
+                t2,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(via_temp("temp-r", 1).await, Check::Accepted);
+    assert_eq!(
+        s.get_token("login-r", NOW)
+            .await
+            .unwrap()
+            .map(|t| t.entity_id),
+        Some("user-1".to_string())
+    );
+    assert_eq!(s.get_temp_token_user("temp-r", t2).await.unwrap(), None);
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 0);
+    assert_eq!(via_temp("temp-r", 1).await, Check::BadTempToken);
+    assert_eq!(via_temp("no-such-temp", 1).await, Check::BadTempToken);
+    assert_eq!(
+        s.spend_recovery_code(
+            Proof::Owner {
+                entity_id: "nobody"
+            },
+            &codes[2].selector,
+            true,
+            t2
+        )
+        .await
+        .unwrap(),
+        Check::NotActive
+    );
+
+    // A new set replaces the old one whole, spent codes included.
+    s.replace_recovery_codes("user-1", replacement, t2)
+        .await
+        .unwrap();
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 1);
+    assert_eq!(stored(2).await, Some(replacement[0].hash.clone()));
+    assert_eq!(stored(0).await, None);
+    assert_eq!(stored(1).await, None);
+
+    // Removing one of two active devices keeps the codes.
+    assert_eq!(
+        s.setup_user_device("user-1", Some("spare"), &new_id(), &spare, &params(), t2)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        s.deactivate_user("user-1", Some("backup")).await.unwrap(),
+        1
+    );
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 1);
+    assert_eq!(
+        user_devices(&s, "user-1").await,
+        vec![
+            ("default".to_string(), true, NOW),
+            ("spare".to_string(), false, t2),
+        ]
+    );
+
+    // The codes and the failure count go with the last active device.
+    let wrong = user_wrong_code(&[&main], t2);
+    for i in 1..=4 {
+        assert_eq!(
+            totp(wrong.clone(), t2).await,
+            Check::Refused(Refusal::Invalid),
+            "wrong code {i}"
+        );
+    }
+    assert_eq!(s.deactivate_user("user-1", None).await.unwrap(), 2);
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 0);
+    assert_eq!(stored(2).await, None);
+    assert_eq!(user_devices(&s, "user-1").await, vec![]);
+    assert_eq!(s.deactivate_user("user-1", None).await.unwrap(), 0);
+    assert_eq!(
+        s.deactivate_user("user-1", Some("backup")).await.unwrap(),
+        0
+    );
+    // Four failures were kept before: had they stayed, this wrong code would lock and
+    // the right one be refused.
+    assert_eq!(
+        s.setup_user_device("user-1", None, &new_id(), &spare, &params(), t2)
+            .await
+            .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        s.activate_user_device("user-1", None, &user_wrong_code(&[&spare], t2), None, t2)
+            .await
+            .unwrap(),
+        Activation::Refused(Refusal::Invalid)
+    );
+    assert_eq!(
+        s.activate_user_device("user-1", None, &step_code(&spare, 2), Some(&[]), t2)
+            .await
+            .unwrap(),
+        Activation::Activated { first: true }
+    );
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Atomicity under concurrency
 // ---------------------------------------------------------------------------------------
 
@@ -1241,6 +2024,95 @@ async fn case_concurrent_creates_one_name_one_winner(b: &dyn Backend) {
         .map(|m| m.id)
         .collect();
     assert_eq!(listed, winners, "only the winner is stored");
+    close(&s).await;
+}
+
+async fn case_concurrent_logins_one_code_one_winner(b: &dyn Backend) {
+    let s = open(b);
+    let secret = device_secret(1);
+    active_user(&s, "user-1", &secret, &[]).await;
+    const N: usize = 16;
+    let temps = temp_tokens(&s, "user-1", N).await;
+    let code = step_code(&secret, 1);
+
+    let results = race(N, |i| {
+        let (s, (temp, login), code) = (Arc::clone(&s), temps[i].clone(), code.clone());
+        async move {
+            s.check_user_code(
+                Proof::Login {
+                    temp_hash: &temp,
+                    login: &login,
+                },
+                &code,
+                NOW,
+            )
+            .await
+        }
+    })
+    .await;
+    let winner = one_winner(&results);
+
+    // Only the winner logged in: its token is stored and its temp_token spent; the
+    // losers' temp_tokens were refused, so they stay good.
+    for (i, (temp, login)) in temps.iter().enumerate() {
+        let stored = s.get_token(&login.hash, NOW).await.unwrap();
+        let temp_user = s.get_temp_token_user(temp, NOW).await.unwrap();
+        if i == winner {
+            assert_eq!(stored.map(|t| t.entity_id), Some("user-1".to_string()));
+            assert_eq!(temp_user, None, "the winner's temp_token is spent");
+        } else {
+            assert_eq!(stored, None, "loser {i} stored a login token");
+            assert_eq!(temp_user, Some("user-1".to_string()));
+        }
+    }
+    close(&s).await;
+}
+
+async fn case_concurrent_recovery_spends_one_winner(b: &dyn Backend) {
+    let s = open(b);
+    let secret = device_secret(1);
+    let (codes, hashes) = recovery_codes(1);
+    active_user(&s, "user-1", &secret, &hashes).await;
+    const N: usize = 16;
+    let temps = temp_tokens(&s, "user-1", N).await;
+    let selector = codes[0].selector.clone();
+
+    // Every caller's argon2 check matched before any spend: only the store decides.
+    let results = race(N, |i| {
+        let (s, (temp, login), selector) = (Arc::clone(&s), temps[i].clone(), selector.clone());
+        async move {
+            s.spend_recovery_code(
+                Proof::Login {
+                    temp_hash: &temp,
+                    login: &login,
+                },
+                &selector,
+                true,
+                NOW,
+            )
+            .await
+        }
+    })
+    .await;
+    one_winner(&results);
+
+    assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 0);
+    assert_eq!(
+        s.get_recovery_hash("user-1", &selector).await.unwrap(),
+        None
+    );
+    let mut logged_in = Vec::new();
+    for (_, login) in &temps {
+        if let Some(t) = s.get_token(&login.hash, NOW).await.unwrap() {
+            assert_eq!(t.entity_id, "user-1");
+            logged_in.push(t.hash);
+        }
+    }
+    assert_eq!(
+        logged_in.len(),
+        1,
+        "one recovery code logs in once: {logged_in:?}"
+    );
     close(&s).await;
 }
 

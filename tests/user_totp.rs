@@ -86,16 +86,20 @@ async fn enrolled(app: &TestApp, uid: u32) -> (Device, Vec<String>) {
     (d, codes)
 }
 
+/// challenge for `who`, as an application with sudo (root) asks.
+async fn ask_challenge(app: &TestApp, who: &str) -> Resp {
+    app.req(
+        "POST",
+        &format!("{BASE}/challenge/"),
+        Some(json!({ "user": who })),
+        None,
+    )
+    .await
+}
+
 /// A temp_token for `uid`, as an application with sudo (root) asks for it.
 async fn challenge(app: &TestApp, uid: u32) -> String {
-    let r = app
-        .req(
-            "POST",
-            &format!("{BASE}/challenge/"),
-            Some(json!({"user": user(uid)})),
-            None,
-        )
-        .await;
+    let r = ask_challenge(app, &user(uid)).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.json["expires_in"], 300);
     r.json["temp_token"].as_str().unwrap().to_string()
@@ -384,14 +388,7 @@ async fn refusals_in_drf_shapes() {
     let r = post(&app, ALICE, "challenge", Some(json!({"user": user(ALICE)}))).await;
     assert_eq!(r.status, 403, "{}", r.text);
     assert_eq!(r.json["code"], "permission_denied");
-    let r = app
-        .req(
-            "POST",
-            &format!("{BASE}/challenge"),
-            Some(json!({"user": user(BOB)})),
-            None,
-        )
-        .await;
+    let r = ask_challenge(&app, &user(BOB)).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.json["user"].is_array());
 
@@ -415,14 +412,7 @@ async fn refusals_in_drf_shapes() {
         temp_token_ttl: 1,
         ..Settings::default()
     });
-    let r = app
-        .req(
-            "POST",
-            &format!("{BASE}/challenge/"),
-            Some(json!({"user": user(ALICE)})),
-            None,
-        )
-        .await;
+    let r = ask_challenge(&app, &user(ALICE)).await;
     let temp = r.json["temp_token"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_401(&verify(&app, &temp, &d.next()).await);
@@ -471,16 +461,7 @@ async fn one_code_logs_in_once_in_a_race_of_sixteen_temp_tokens() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 401).count(),
-        15,
-        "{statuses:?}"
-    );
+    assert_eq!(common::tally(&statuses), [(200, 1), (401, 15)].into());
 }
 
 #[tokio::test]
@@ -496,14 +477,7 @@ async fn deactivate_removes_devices_and_recovery_codes() {
     assert_eq!(get(&app, ALICE, "devices").await.json, json!([]));
     assert_eq!(count_rows(&app.db_path(), "recovery_codes"), 0);
     // Nothing to log in with, and no temp_token to be had.
-    let r = app
-        .req(
-            "POST",
-            &format!("{BASE}/challenge/"),
-            Some(json!({"user": user(ALICE)})),
-            None,
-        )
-        .await;
+    let r = ask_challenge(&app, &user(ALICE)).await;
     assert_eq!(r.status, 400, "{}", r.text);
     let r = post(&app, ALICE, "deactivate", None).await;
     assert!(r.json["non_field_errors"].is_array(), "{}", r.text);
@@ -589,14 +563,7 @@ async fn a_token_made_for_an_entity_acts_as_that_user() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = app
-        .req(
-            "POST",
-            &format!("{BASE}/challenge/"),
-            Some(json!({"user": "alice"})),
-            None,
-        )
-        .await;
+    let r = ask_challenge(&app, "alice").await;
     assert_eq!(r.status, 201, "{}", r.text);
     // Over TCP every other route needs a token.
     let r = app

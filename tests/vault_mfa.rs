@@ -221,16 +221,7 @@ async fn thirty_two_concurrent_validations_of_one_code_yield_exactly_one_success
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 403).count(),
-        31,
-        "{statuses:?}"
-    );
+    assert_eq!(common::tally(&statuses), [(200, 1), (403, 31)].into());
 }
 
 #[tokio::test]

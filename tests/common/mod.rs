@@ -476,6 +476,15 @@ impl Requester for app::TestApp {
     }
 }
 
+/// How many times each status occurs, for asserting the outcome of a race at once.
+pub fn tally(statuses: &[u16]) -> std::collections::BTreeMap<u16, usize> {
+    let mut t = std::collections::BTreeMap::new();
+    for s in statuses {
+        *t.entry(*s).or_insert(0) += 1;
+    }
+    t
+}
+
 /// Creates a token as root with this `/v1/auth/token/create` body; returns the token.
 pub async fn make_token(d: &impl Requester, body: Value) -> String {
     let r = d

@@ -13,6 +13,9 @@ pub struct Metrics {
     requests: [AtomicU64; 5],
     /// QR images rendered.
     qr_renders: AtomicU64,
+    /// argon2 jobs running now, and the most ever seen running at once.
+    hashes_running: AtomicU64,
+    hashes_peak: AtomicU64,
     /// Verifications by (surface, outcome).
     verifications: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
@@ -31,6 +34,18 @@ impl Metrics {
     /// Counts one QR image rendered.
     pub fn qr_render(&self) {
         self.qr_renders.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An argon2 job starts; returns a guard that marks its end when dropped.
+    pub fn hash_running(&self) -> HashGuard<'_> {
+        let now = self.hashes_running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.hashes_peak.fetch_max(now, Ordering::Relaxed);
+        HashGuard(self)
+    }
+
+    /// The most argon2 jobs seen running at once.
+    pub fn hashes_peak(&self) -> u64 {
+        self.hashes_peak.load(Ordering::Relaxed)
     }
 
     /// Counts one code verification: `outcome` is `accepted` or a refusal reason.
@@ -60,6 +75,18 @@ impl Metrics {
             "totpd_qr_renders_total {}",
             self.qr_renders.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP totpd_argon2_running argon2 jobs (recovery codes) running now.\n");
+        out.push_str("# TYPE totpd_argon2_running gauge\n");
+        let _ = writeln!(
+            out,
+            "totpd_argon2_running {}",
+            self.hashes_running.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP totpd_argon2_running_max The most argon2 jobs seen running at once.\n",
+        );
+        out.push_str("# TYPE totpd_argon2_running_max gauge\n");
+        let _ = writeln!(out, "totpd_argon2_running_max {}", self.hashes_peak());
         out.push_str(
             "# HELP totpd_verifications_total Code verifications, by surface and outcome.\n",
         );
@@ -73,6 +100,15 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Marks the end of an argon2 job when dropped (see [`Metrics::hash_running`]).
+pub struct HashGuard<'a>(&'a Metrics);
+
+impl Drop for HashGuard<'_> {
+    fn drop(&mut self) {
+        self.0.hashes_running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

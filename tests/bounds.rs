@@ -204,7 +204,7 @@ impl UserTotpStore for Overloaded {
         _: &str,
         _: &[RecoveryHash],
         _: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         busy()
     }
     async fn count_recovery_codes(&self, _: &str) -> Result<usize, StoreError> {
@@ -576,4 +576,83 @@ async fn past_max_connections_a_new_connection_gets_one_503_in_its_surface_shape
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served, "a freed place is taken by the next connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argon2_stays_bounded_when_clients_hang_up() {
+    let app = Arc::new(TestApp::new().await);
+    let bound = totpd::api::user_totp::max_hashes();
+    // An enrolled user and a temp_token, so each attempt costs one argon2 verify.
+    let r = app.req("POST", "/api/v1/auth/totp/setup", None, None).await;
+    let secret = common::raw(r.json["secret_key"].as_str().unwrap());
+    common::fresh_step(30, 3).await;
+    let code = common::reference_totp(&secret, "SHA1", 6, 30, common::unix_now());
+    let r = app
+        .req(
+            "POST",
+            "/api/v1/auth/totp/activate",
+            Some(json!({"token": code})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app
+        .req(
+            "POST",
+            "/api/v1/auth/totp/challenge",
+            Some(json!({"user": "uid:0"})),
+            None,
+        )
+        .await;
+    let temp = r.json["temp_token"].as_str().unwrap().to_string();
+    let wrong = totpd::otp::recovery::generate_set().unwrap()[0].display();
+
+    // Rounds of forty clients that send an attempt and hang up as soon as a hash runs:
+    // a slot freed by a client that left while its hash still ran would let the next
+    // round start more hashes than the bound.
+    for _ in 0..3 {
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let (app, temp, wrong) = (app.clone(), temp.clone(), wrong.clone());
+                tokio::spawn(async move {
+                    app.req(
+                        "POST",
+                        "/api/v1/auth/totp/verify",
+                        Some(json!({"temp_token": temp, "token": wrong})),
+                        None,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while app.state.hashes.available_permits() == bound {
+            assert!(std::time::Instant::now() < deadline, "no hash ever started");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        for t in &tasks {
+            t.abort();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.state.hashes.available_permits() < bound {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every slot is back only once no hash runs: a slot held by the request, not the
+    // job, would come back while its orphaned hash still ran.
+    let peak = app.state.metrics.hashes_peak();
+    assert!(
+        peak >= 1 && peak <= bound as u64,
+        "{peak} hashes ran at once; the bound is {bound}"
+    );
+    let m = app.req("GET", "/v1/sys/metrics", None, None).await.text;
+    assert!(
+        m.contains(&format!("totpd_argon2_running_max {peak}\n")),
+        "{m}"
+    );
+    assert!(m.contains("totpd_argon2_running 0\n"), "{m}");
 }

@@ -22,6 +22,7 @@ use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
     Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Proof,
     RecoveryHash, Sealer, Setup, Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord,
+    MAX_USER_DEVICES,
 };
 use uuid::Uuid;
 
@@ -88,6 +89,7 @@ macro_rules! conformance_suite {
             case_concurrent_creates_one_name_one_winner,
             case_concurrent_logins_one_code_one_winner,
             case_concurrent_recovery_spends_one_winner,
+            case_user_device_cap_and_temp_tokens_die_with_the_user,
             case_wrong_key_refused,
             case_closed_store_refuses,
         );
@@ -1855,9 +1857,16 @@ async fn case_user_recovery_codes(b: &dyn Backend) {
     );
 
     // A new set replaces the old one whole, spent codes included.
-    s.replace_recovery_codes("user-1", replacement, t2)
+    assert!(s
+        .replace_recovery_codes("user-1", replacement, t2)
         .await
-        .unwrap();
+        .unwrap());
+    // A user without an active device gets no codes.
+    assert!(!s
+        .replace_recovery_codes("nobody", replacement, t2)
+        .await
+        .unwrap());
+    assert_eq!(s.count_recovery_codes("nobody").await.unwrap(), 0);
     assert_eq!(s.count_recovery_codes("user-1").await.unwrap(), 1);
     assert_eq!(stored(2).await, Some(replacement[0].hash.clone()));
     assert_eq!(stored(0).await, None);
@@ -2024,6 +2033,70 @@ async fn case_concurrent_creates_one_name_one_winner(b: &dyn Backend) {
         .map(|m| m.id)
         .collect();
     assert_eq!(listed, winners, "only the winner is stored");
+    close(&s).await;
+}
+
+async fn case_user_device_cap_and_temp_tokens_die_with_the_user(b: &dyn Backend) {
+    let s = open(b);
+    active_user(&s, "user-1", &device_secret(1), &[]).await;
+    // Pending devices count toward the cap too: a caller cannot pile them up.
+    for i in 1..MAX_USER_DEVICES {
+        let name = format!("spare {i}");
+        assert_eq!(
+            s.setup_user_device(
+                "user-1",
+                Some(&name),
+                &new_id(),
+                &device_secret(2),
+                &params(),
+                NOW
+            )
+            .await
+            .unwrap(),
+            Setup::Pending,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        s.setup_user_device(
+            "user-1",
+            Some("one more"),
+            &new_id(),
+            &device_secret(3),
+            &params(),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Setup::TooMany
+    );
+    // Replacing a pending device of the same name is no new device.
+    assert_eq!(
+        s.setup_user_device(
+            "user-1",
+            Some("spare 1"),
+            &new_id(),
+            &device_secret(3),
+            &params(),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(user_devices(&s, "user-1").await.len(), MAX_USER_DEVICES);
+
+    // A temp_token issued before the user is reset does not outlive the reset.
+    assert!(s
+        .create_temp_token("user-1", "temp-1", NOW, NOW + 300)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.deactivate_user("user-1", None).await.unwrap(),
+        MAX_USER_DEVICES
+    );
+    active_user(&s, "user-1", &device_secret(4), &[]).await;
+    assert_eq!(s.get_temp_token_user("temp-1", NOW).await.unwrap(), None);
     close(&s).await;
 }
 

@@ -658,6 +658,7 @@ async fn the_whole_flow_on_the_real_daemon_leaves_no_secret_in_the_database_or_l
     assert_eq!(codes.len(), 10);
 
     let mut keys = Vec::new();
+    let mut temps = Vec::new();
     for token in [code(unix_now() + 30), codes[0].clone()] {
         let r = d
             .tcp_req(
@@ -669,6 +670,7 @@ async fn the_whole_flow_on_the_real_daemon_leaves_no_secret_in_the_database_or_l
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
         let temp = r.json["temp_token"].as_str().unwrap().to_string();
+        temps.push(temp.clone());
         let body = Some(json!({"temp_token": temp, "token": token}));
         let r = d
             .tcp_req("POST", &format!("{BASE}/verify/"), &[], body.clone())
@@ -700,7 +702,7 @@ async fn the_whole_flow_on_the_real_daemon_leaves_no_secret_in_the_database_or_l
             let plain = c.replace('-', "");
             assert!(!contains(hay, c.as_bytes()) && !contains(hay, &plain.as_bytes()[4..]));
         }
-        for k in &keys {
+        for k in keys.iter().chain(&temps) {
             assert!(!contains(hay, k.as_bytes()));
         }
     }
@@ -708,4 +710,184 @@ async fn the_whole_flow_on_the_real_daemon_leaves_no_secret_in_the_database_or_l
         count_rows(&d.data_dir.join("totpd.db"), "recovery_codes"),
         10
     );
+}
+
+#[tokio::test]
+async fn with_deactivate_needs_code_a_session_cannot_add_a_device_either() {
+    let mut app = TestApp::new().await;
+    app.set_login(Settings {
+        deactivate_needs_code: true,
+        ..Settings::default()
+    });
+    let (d, codes) = enrolled(&app, ALICE).await;
+    // A stolen session would add its own device, then remove the user's with it.
+    let r = post(&app, ALICE, "setup", Some(json!({"name": "evil"}))).await;
+    assert_eq!(
+        r.json,
+        json!({"token": ["This field is required."], "code": "required"})
+    );
+    let r = post(
+        &app,
+        ALICE,
+        "setup",
+        Some(json!({"name": "evil", "token": "000000"})),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        get(&app, ALICE, "devices")
+            .await
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The user, with a code of the device they have (sent as a number, as DRF
+    // clients may), or a recovery code, adds one.
+    let code: u64 = d.next().parse().unwrap();
+    if d.next().starts_with('0') {
+        // A number cannot carry a leading zero: send it as text then.
+        let r = post(
+            &app,
+            ALICE,
+            "setup",
+            Some(json!({"name": "tablet", "token": d.next()})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    } else {
+        let r = post(
+            &app,
+            ALICE,
+            "setup",
+            Some(json!({"name": "tablet", "token": code})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = post(
+        &app,
+        ALICE,
+        "setup",
+        Some(json!({"name": "laptop", "token": codes[2]})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_admin_reset_needs_sudo_alone_and_kills_old_temp_tokens() {
+    let app = TestApp::new().await;
+    let r = app
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/helpdesk",
+            Some(json!({"policy": {"path": {
+                "api/v1/auth/totp/deactivate": {"capabilities": ["sudo"]},
+                "api/v1/auth/totp/challenge": {"capabilities": ["sudo"]},
+            }}})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let helpdesk = [(
+        "x-vault-token",
+        make_token(
+            &app,
+            json!({"policies": ["helpdesk"], "no_default_policy": true}),
+        )
+        .await,
+    )];
+    enrolled(&app, BOB).await;
+    let r = app
+        .tcp_req(
+            "POST",
+            &format!("{BASE}/challenge/"),
+            &helpdesk,
+            Some(json!({"user": user(BOB)})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let old_temp = r.json["temp_token"].as_str().unwrap().to_string();
+    let r = app
+        .tcp_req(
+            "POST",
+            &format!("{BASE}/deactivate/"),
+            &helpdesk,
+            Some(json!({"user": user(BOB)})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Bob enrols again; the temp_token from before the reset logs nobody in.
+    let (d, _) = enrolled(&app, BOB).await;
+    assert_401(&verify(&app, &old_temp, &d.next()).await);
+    let temp = challenge(&app, BOB).await;
+    assert_eq!(verify(&app, &temp, &d.next()).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_user_has_at_most_ten_devices() {
+    let app = TestApp::new().await;
+    enrolled(&app, ALICE).await;
+    for i in 1..10 {
+        let r = post(&app, ALICE, "setup", Some(json!({"name": format!("d{i}")}))).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = post(&app, ALICE, "setup", Some(json!({"name": "d10"}))).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.json["non_field_errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("10"));
+    // Names are checked: empty or too long is a field error.
+    for bad in [json!(""), json!("x".repeat(65))] {
+        let r = post(&app, ALICE, "setup", Some(json!({"name": bad}))).await;
+        assert!(r.json["name"].is_array(), "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_login_key_follow_the_configuration() {
+    let mut app = TestApp::new().await;
+    app.set_login(Settings {
+        issuer: "Acme".into(),
+        login_policies: vec!["default".into(), "web".into()],
+        login_ttl: 3600,
+        ..Settings::default()
+    });
+    let r = post(&app, ALICE, "setup", None).await;
+    let url = parse_otp_url(r.json["provisioning_uri"].as_str().unwrap());
+    assert_eq!(
+        (url.issuer.as_str(), url.label.as_str()),
+        ("Acme", "Acme:uid:2001")
+    );
+    common::fresh_step(30, 3).await;
+    let code = reference_totp(&url.secret, "SHA1", 6, 30, unix_now());
+    assert_eq!(
+        post(&app, ALICE, "activate", Some(json!({"token": code})))
+            .await
+            .status,
+        200
+    );
+    let temp = challenge(&app, ALICE).await;
+    let next = reference_totp(&url.secret, "SHA1", 6, 30, unix_now() + 30);
+    let r = verify(&app, &temp, &next).await;
+    let key = r.json["key"].as_str().unwrap().to_string();
+    let r = app
+        .tcp_req(
+            "GET",
+            "/v1/auth/token/lookup-self",
+            &[("authorization", format!("Token {key}"))],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.json["data"]["policies"],
+        json!(["default", "web"]),
+        "{}",
+        r.text
+    );
+    let ttl = r.json["data"]["ttl"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&ttl), "{ttl}");
 }

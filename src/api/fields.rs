@@ -1,7 +1,7 @@
 //! Field types shared by the surfaces: integers that may arrive as numeric strings (the
 //! Vault CLI sends every value as a string) and durations as `"30s"`, `"1m"`, `"1h30m"`.
 
-use serde::Deserializer;
+use serde::{Deserialize, Deserializer};
 
 /// An integer as JSON number or numeric string (the Vault CLI sends every value as a string).
 pub fn flex_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -53,6 +53,35 @@ impl<'de> serde::de::Visitor<'de> for Flex {
     }
 }
 
+/// A string, or a whole number taken as its digits: Django REST clients (and
+/// django-otp) may send a code as `123456`.
+pub fn flex_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// As [`flex_string`], for an optional field (`null` is absent).
+pub fn flex_string_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct W(#[serde(deserialize_with = "flex_string")] String);
+    Option::<W>::deserialize(d).map(|o| o.map(|w| w.0))
+}
+
 /// `"90"`, `"90s"`, `"1m30s"`, `"1h"` → seconds. Sub-second durations are refused.
 pub fn parse_seconds(s: &str) -> Option<i64> {
     let s = s.trim();
@@ -88,6 +117,26 @@ mod tests {
         period: Option<i64>,
         #[serde(default, deserialize_with = "flex_int")]
         digits: Option<i64>,
+    }
+
+    #[test]
+    fn codes_as_strings_or_numbers() {
+        #[derive(Deserialize)]
+        struct C {
+            #[serde(deserialize_with = "flex_string")]
+            token: String,
+            #[serde(default, deserialize_with = "flex_string_opt")]
+            other: Option<String>,
+        }
+        let c: C = serde_json::from_str(r#"{"token": 123456, "other": "a"}"#).unwrap();
+        assert_eq!(
+            (c.token.as_str(), c.other.as_deref()),
+            ("123456", Some("a"))
+        );
+        let c: C = serde_json::from_str(r#"{"token": "0123", "other": null}"#).unwrap();
+        assert_eq!((c.token.as_str(), c.other), ("0123", None));
+        assert!(serde_json::from_str::<C>(r#"{"token": 1.5}"#).is_err());
+        assert!(serde_json::from_str::<C>(r#"{"token": true}"#).is_err());
     }
 
     #[test]

@@ -17,11 +17,13 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::fields::rfc3339;
+use super::fields::{flex_string, flex_string_opt, rfc3339};
 use super::{extract, now, surface_error, AppState, BodyError, Surface, SurfaceError};
 use crate::auth::{self, Capability};
 use crate::otp::{self, recovery, uri, Params};
-use crate::store::{Activation, Check, Proof, RecoveryHash, Setup, StoreError, TokenRecord};
+use crate::store::{
+    Activation, Check, Proof, RecoveryHash, Setup, StoreError, TokenRecord, MAX_USER_DEVICES,
+};
 
 /// The login step, in Django REST Framework's error shapes.
 pub const SURFACE: Surface = Surface {
@@ -231,6 +233,9 @@ const SECRET_BYTES: usize = 20;
 #[derive(Deserialize, Default)]
 struct SetupReq {
     name: Option<String>,
+    /// With `--deactivate-needs-code`, adding a device needs the proof removing one does.
+    #[serde(default, deserialize_with = "flex_string_opt")]
+    token: Option<String>,
 }
 
 async fn setup(
@@ -240,6 +245,15 @@ async fn setup(
 ) -> Res {
     require(&who, "setup", Capability::Update)?;
     let name = device_name(req.name)?;
+    // A stolen session must not add a device of its own and then use it to remove the
+    // user's: with --deactivate-needs-code, adding a device to an active user needs a
+    // code from a device the user has, or a recovery code.
+    if st.login.deactivate_needs_code && name.is_some() {
+        let devices = st.store.list_user_devices(&who.entity_id).await?;
+        if devices.iter().any(|d| d.active) {
+            confirm_owner(&st, &who.entity_id, req.token, "adding a device").await?;
+        }
+    }
     let params = device_params()?;
     let secret = otp::generate_secret(SECRET_BYTES).map_err(|e| super::internal::<DrfError>(&e))?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -266,6 +280,11 @@ async fn setup(
                 "invalid",
             ))
         }
+        Setup::TooMany => {
+            return Err(DrfError::non_field(&format!(
+                "A user has at most {MAX_USER_DEVICES} devices: deactivate one first."
+            )))
+        }
     }
     let issuer = &st.login.issuer;
     ok(
@@ -279,6 +298,7 @@ async fn setup(
 
 #[derive(Deserialize)]
 struct ActivateReq {
+    #[serde(deserialize_with = "flex_string")]
     token: String,
     name: Option<String>,
 }
@@ -365,14 +385,24 @@ async fn hashing<T: Send + 'static>(
     st: &AppState,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, DrfError> {
-    let _permit = st
+    // The permit travels with the job: a client that hangs up does not free its slot
+    // while its hash still runs.
+    let permit = st
         .hashes
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| super::internal::<DrfError>(&e))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| super::internal::<DrfError>(&e))
+    let metrics = st.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let running = metrics.hash_running();
+        let out = f();
+        drop(running);
+        drop(permit);
+        out
+    })
+    .await
+    .map_err(|e| super::internal::<DrfError>(&e))
 }
 
 // ----- checking a code for a proof -----
@@ -386,23 +416,45 @@ async fn check_typed(st: &AppState, proof: Proof<'_>, typed: &str) -> Result<Che
         _ => return st.store.check_user_code(proof, typed, now()).await,
     };
     let user = match proof {
-        Proof::Login { temp_hash, .. } => {
-            match st.store.get_temp_token_user(temp_hash, now()).await? {
-                Some(u) => u,
-                None => return Ok(Check::BadTempToken),
-            }
-        }
-        Proof::Owner { entity_id } => entity_id.to_string(),
+        Proof::Login { temp_hash, .. } => st.store.get_temp_token_user(temp_hash, now()).await?,
+        Proof::Owner { entity_id } => Some(entity_id.to_string()),
     };
-    let stored = st.store.get_recovery_hash(&user, &code.selector).await?;
+    let stored = match &user {
+        Some(u) => st.store.get_recovery_hash(u, &code.selector).await?,
+        None => None,
+    };
     let selector = code.selector.clone();
     // One argon2 verify per attempt, an unknown selector included.
+    // A bad temp_token pays it too, so its answer takes as long as a wrong code's.
     let matched = hashing(st, move || recovery::check(&code, stored.as_deref()))
         .await
         .map_err(|_| StoreError::Backend("recovery-code check failed".into()))?;
+    if user.is_none() {
+        return Ok(Check::BadTempToken);
+    }
     st.store
         .spend_recovery_code(proof, &selector, matched, now())
         .await
+}
+
+/// The user confirms an action with a current code or a recovery code (`token`): a
+/// field error if it is missing or refused (and the refusal counts against the user).
+async fn confirm_owner(
+    st: &AppState,
+    entity_id: &str,
+    token: Option<String>,
+    what: &str,
+) -> Result<(), DrfError> {
+    let typed = token.ok_or_else(|| DrfError::required("token"))?;
+    match check_typed(st, Proof::Owner { entity_id }, &typed).await? {
+        Check::NotActive => Err(DrfError::non_field(
+            "Two-factor authentication is not active.",
+        )),
+        check if !settle(st, &format!("{what} code"), check) => {
+            Err(DrfError::field("token", "Invalid code.", "invalid"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Counts and logs the outcome of a check; true if accepted.
@@ -463,6 +515,7 @@ async fn challenge(
 #[derive(Deserialize)]
 struct VerifyReq {
     temp_token: String,
+    #[serde(deserialize_with = "flex_string")]
     token: String,
 }
 
@@ -499,6 +552,7 @@ async fn verify(State(st): State<AppState>, extract::Json(req, _): Json<VerifyRe
 #[derive(Deserialize, Default)]
 struct DeactivateReq {
     name: Option<String>,
+    #[serde(default, deserialize_with = "flex_string_opt")]
     token: Option<String>,
     user: Option<String>,
 }
@@ -508,31 +562,17 @@ async fn deactivate(
     who: Caller,
     extract::Json(req, _): Json<DeactivateReq>,
 ) -> Res {
-    require(&who, "deactivate", Capability::Update)?;
     let name = device_name(req.name)?;
     let user = match req.user {
-        // An application resetting a user who lost everything.
+        // An application resetting a user who lost everything: sudo is what it takes.
         Some(u) => {
             require(&who, "deactivate", Capability::Sudo)?;
             auth::entity_id(&u).map_err(|e| DrfError::field("user", &e, "invalid"))?
         }
         None => {
+            require(&who, "deactivate", Capability::Update)?;
             if st.login.deactivate_needs_code {
-                let typed = req.token.ok_or_else(|| DrfError::required("token"))?;
-                let proof = Proof::Owner {
-                    entity_id: &who.entity_id,
-                };
-                match check_typed(&st, proof, &typed).await? {
-                    Check::NotActive => {
-                        return Err(DrfError::non_field(
-                            "Two-factor authentication is not active.",
-                        ))
-                    }
-                    check if !settle(&st, "deactivation code", check) => {
-                        return Err(DrfError::field("token", "Invalid code.", "invalid"))
-                    }
-                    _ => {}
-                }
+                confirm_owner(&st, &who.entity_id, req.token, "deactivation").await?;
             }
             who.entity_id.clone()
         }
@@ -577,6 +617,7 @@ async fn recovery_remaining(State(st): State<AppState>, who: Caller) -> Res {
 
 #[derive(Deserialize)]
 struct RegenerateReq {
+    #[serde(deserialize_with = "flex_string")]
     token: String,
 }
 
@@ -602,9 +643,16 @@ async fn recovery_regenerate(
         _ => {}
     }
     let (shown, stored) = new_set(&st).await?;
-    st.store
+    let replaced = st
+        .store
         .replace_recovery_codes(&who.entity_id, &stored, now())
         .await?;
+    if !replaced {
+        // Deactivated meanwhile: no codes for a user without a device.
+        return Err(DrfError::non_field(
+            "Two-factor authentication is not active.",
+        ));
+    }
     ok(StatusCode::OK, json!({ "recovery_codes": shown }))
 }
 

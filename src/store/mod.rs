@@ -236,7 +236,13 @@ pub enum Setup {
     AlreadyActive,
     /// An active device already has this name; nothing changed.
     NameTaken,
+    /// The user has [`MAX_USER_DEVICES`] devices (pending ones included); nothing changed.
+    TooMany,
 }
+
+/// The most devices, active or pending, one user may have: enough for every phone and
+/// key a person owns, few enough that a check opening them all stays cheap.
+pub const MAX_USER_DEVICES: usize = 10;
 
 /// What [`UserTotpStore::activate_user_device`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,7 +357,8 @@ pub trait PolicyTokenStore {
 pub trait UserTotpStore {
     /// Stores a pending device `name` (default `default`) for the user with this secret.
     /// Without a name, refused if the user has an active device; with one, refused if an
-    /// active device has it. A pending device of that name is replaced.
+    /// active device has it; refused past [`MAX_USER_DEVICES`]. A pending device of that
+    /// name is replaced.
     async fn setup_user_device(
         &self,
         entity_id: &str,
@@ -374,8 +381,9 @@ pub trait UserTotpStore {
     ) -> Result<Activation, StoreError>;
     /// The user's devices, oldest first.
     async fn list_user_devices(&self, entity_id: &str) -> Result<Vec<UserDevice>, StoreError>;
-    /// Removes the named device, or with `None` every device; the recovery codes and the
-    /// failure count go with the last active device. Returns how many devices went.
+    /// Removes the named device, or with `None` every device; the recovery codes, the
+    /// failure count and the temp_tokens go with the last active device. Returns how many
+    /// devices went.
     async fn deactivate_user(
         &self,
         entity_id: &str,
@@ -420,13 +428,14 @@ pub trait UserTotpStore {
         matched: bool,
         now: i64,
     ) -> Result<Check, StoreError>;
-    /// Replaces the user's recovery codes with `codes`, in one transaction.
+    /// Replaces the user's recovery codes with `codes`, in one transaction; false (and
+    /// nothing stored) if the user has no active device.
     async fn replace_recovery_codes(
         &self,
         entity_id: &str,
         codes: &[RecoveryHash],
         now: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// How many of the user's recovery codes are unspent.
     async fn count_recovery_codes(&self, entity_id: &str) -> Result<usize, StoreError>;
 }

@@ -183,6 +183,14 @@ impl UserTotpStore for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
+            let others: i64 = c.query_row(
+                "SELECT count(*) FROM user_devices WHERE entity_id = ?1 AND name != ?2",
+                params![entity, name],
+                |r| r.get(0),
+            )?;
+            if others as usize >= crate::store::MAX_USER_DEVICES {
+                return Ok(Setup::TooMany);
+            }
             match existing {
                 Some((_, true)) => return Ok(Setup::NameTaken),
                 // A new setup replaces the pending one (CASCADE removes its device row).
@@ -303,6 +311,8 @@ impl UserTotpStore for SqliteStore {
             if active_count(c, &entity)? == 0 {
                 delete_recovery_codes(c, &entity)?;
                 c.execute("DELETE FROM user_locks WHERE entity_id = ?1", [&entity])?;
+                // A temp_token from before must not log in after a new enrolment.
+                c.execute("DELETE FROM temp_tokens WHERE entity_id = ?1", [&entity])?;
             }
             Ok(removed)
         })
@@ -453,11 +463,15 @@ impl UserTotpStore for SqliteStore {
         entity_id: &str,
         codes: &[RecoveryHash],
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (entity, codes) = (entity_id.to_string(), codes.to_vec());
         self.write(move |c| {
+            if active_count(c, &entity)? == 0 {
+                return Ok(false);
+            }
             delete_recovery_codes(c, &entity)?;
-            insert_recovery_codes(c, &entity, &codes, now)
+            insert_recovery_codes(c, &entity, &codes, now)?;
+            Ok(true)
         })
         .await
     }

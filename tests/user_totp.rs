@@ -116,6 +116,17 @@ async fn verify(app: &TestApp, temp: &str, token: &str) -> Resp {
     .await
 }
 
+/// lookup-self over TCP with a login key, sent as a DRF client sends it.
+async fn lookup_key(app: &TestApp, key: &str) -> Resp {
+    app.tcp_req(
+        "GET",
+        "/v1/auth/token/lookup-self",
+        &[("authorization", format!("Token {key}"))],
+        None,
+    )
+    .await
+}
+
 /// The one answer of every failed verify.
 fn assert_401(r: &Resp) {
     assert_eq!(r.status, 401, "{}", r.text);
@@ -150,14 +161,7 @@ async fn the_full_flow_enrol_challenge_verify_and_a_key_that_works() {
     assert_eq!(r.status, 200, "{}", r.text);
     let key = r.json["key"].as_str().unwrap().to_string();
     // The key is a token for the user, as a DRF client sends it.
-    let r = app
-        .tcp_req(
-            "GET",
-            "/v1/auth/token/lookup-self",
-            &[("authorization", format!("Token {key}"))],
-            None,
-        )
-        .await;
+    let r = lookup_key(&app, &key).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["data"]["entity_id"], user(ALICE));
     assert!(r.json["data"]["ttl"].as_i64().unwrap() > 86_000);
@@ -874,14 +878,7 @@ async fn issuer_and_login_key_follow_the_configuration() {
     let next = reference_totp(&url.secret, "SHA1", 6, 30, unix_now() + 30);
     let r = verify(&app, &temp, &next).await;
     let key = r.json["key"].as_str().unwrap().to_string();
-    let r = app
-        .tcp_req(
-            "GET",
-            "/v1/auth/token/lookup-self",
-            &[("authorization", format!("Token {key}"))],
-            None,
-        )
-        .await;
+    let r = lookup_key(&app, &key).await;
     assert_eq!(
         r.json["data"]["policies"],
         json!(["default", "web"]),

@@ -390,7 +390,21 @@ async fn bad_registrations_are_refused_and_store_nothing() {
         ),
         (json!({"secret": good, "label": "x", "digits": 7}), "digits"),
         (json!({"secret": good}), "label"),
-        (json!({"label": "x"}), "secret"),
+        // Neither secret nor uri generates one (see below), but a label is still needed.
+        (json!({"issuer": "x"}), "label"),
+        (json!({"secret": good, "label": "a\u{0}b"}), "label"),
+        (
+            json!({"secret": good, "label": "evil\u{202E}gpj.exe"}),
+            "label",
+        ),
+        (
+            json!({"secret": good, "label": "x", "issuer": "tab\there"}),
+            "issuer",
+        ),
+        (
+            json!({"uri": format!("otpauth://totp/x?secret={good}&secret={}", seed(20))}),
+            "more than once",
+        ),
         (
             json!({"secret": good, "label": "x", "digits": "seven"}),
             "digits",
@@ -446,6 +460,41 @@ async fn bad_registrations_are_refused_and_store_nothing() {
     assert_eq!((r.status, r.json["status"].as_str()), (404, Some("error")));
     let r = app.req("PUT", SECRETS, None, None).await;
     assert_eq!((r.status, r.json["status"].as_str()), (405, Some("error")));
+}
+
+#[tokio::test]
+async fn with_neither_secret_nor_uri_the_daemon_generates_one() {
+    let app = TestApp::new().await;
+    for (alg, bytes) in [("SHA1", 20), ("SHA256", 32), ("SHA512", 64)] {
+        let s = add(
+            &app,
+            json!({"label": format!("gen-{alg}"), "issuer": "Acme", "algorithm": alg}),
+            None,
+        )
+        .await;
+        let secret = raw(s["secret"].as_str().unwrap());
+        assert_eq!(secret.len(), bytes, "{alg}");
+        // Shown this once, with a URI to enrol it elsewhere, which says the same.
+        let u = common::parse_otp_url(s["otpauth_uri"].as_str().unwrap());
+        assert_eq!(u.secret, secret);
+        assert_eq!((u.issuer.as_str(), u.algorithm.as_str()), ("Acme", alg));
+        assert_eq!(u.label, format!("Acme:gen-{alg}"));
+        check_code(&app, s["id"].as_str().unwrap(), None, &secret, alg, 6, 30).await;
+    }
+    // Two are never the same, and the list never shows them.
+    let a = add(&app, json!({"label": "a"}), None).await;
+    let b = add(&app, json!({"label": "b"}), None).await;
+    assert_ne!(a["secret"], b["secret"]);
+    assert!(a["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/a?"));
+    let r = app.req("GET", SECRETS, None, None).await;
+    assert!(!r.text.contains(a["secret"].as_str().unwrap()));
+    assert!(!r.text.contains("otpauth_uri"));
+    // An imported secret gets no URI back: the caller has it already.
+    let imported = add(&app, json!({"secret": seed(20), "label": "i"}), None).await;
+    assert!(imported.get("otpauth_uri").is_none());
 }
 
 #[tokio::test]

@@ -1003,3 +1003,84 @@ fn with_dev_defaults_another_uid_reaches_the_socket_inside_the_data_dir() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn list_takes_what_go_parse_bool_takes_as_hvac_sends_it() {
+    let app = TestApp::new().await;
+    put_policy(&app, "ops", json!({"sys/*": {"capabilities": ["read"]}})).await;
+    // hvac's client.list sends ?list=True (Python's True as text).
+    for v in ["True", "true", "TRUE", "t", "T", "1"] {
+        let r = app
+            .req("GET", &format!("/v1/sys/policies/acl?list={v}"), None, None)
+            .await;
+        assert_eq!(r.status, 200, "list={v}: {}", r.text);
+        assert!(r.json["data"]["keys"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ops")));
+    }
+    for v in ["False", "0", "f"] {
+        let r = app
+            .req("GET", &format!("/v1/sys/policies/acl?list={v}"), None, None)
+            .await;
+        assert_eq!(r.status, 405, "list={v}: {}", r.text);
+    }
+    for v in ["yes", "tRuE", "2"] {
+        let r = app
+            .req("GET", &format!("/v1/sys/policies/acl?list={v}"), None, None)
+            .await;
+        assert_eq!(r.status, 400, "list={v}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn a_body_with_anything_after_its_json_is_refused() {
+    let app = TestApp::new().await;
+    let root = Peer::Unix { uid: Some(0) };
+    for body in [
+        &br#"{"policy": {"path": {}}} garbage"#[..],
+        br#"{"policy": {"path": {}}}{"policy": {"path": {}}}"#,
+    ] {
+        let r = app
+            .raw(
+                root,
+                "PUT",
+                "/v1/sys/policies/acl/p",
+                &[],
+                Some(body.to_vec()),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.vault_error().contains("trailing"), "{}", r.text);
+    }
+    let r = app.req("GET", "/v1/sys/policies/acl/p", None, None).await;
+    assert_eq!(r.status, 404, "nothing was written: {}", r.text);
+}
+
+#[tokio::test]
+async fn dot_and_dot_dot_are_no_policy_names() {
+    let app = TestApp::new().await;
+    for name in ["%2e", "%2e%2e", "."] {
+        let r = app
+            .req(
+                "PUT",
+                &format!("/v1/sys/policies/acl/{name}"),
+                Some(json!({"policy": {"path": {}}})),
+                None,
+            )
+            .await;
+        assert!(
+            r.status == 400 || r.status == 404 || r.status == 405,
+            "{name}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    let r = app.req("LIST", "/v1/sys/policies/acl", None, None).await;
+    assert_eq!(
+        r.json["data"]["keys"],
+        json!(["default", "root"]),
+        "{}",
+        r.text
+    );
+}

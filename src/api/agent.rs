@@ -104,6 +104,8 @@ struct CreateReq {
 
 /// What a create request resolves to.
 struct NewSecret {
+    /// Made by the daemon (neither `secret` nor `uri` was given).
+    generated: bool,
     secret: Vec<u8>,
     label: String,
     issuer: Option<String>,
@@ -162,6 +164,7 @@ impl CreateReq {
                 )
                 .map_err(bad_param)?;
                 NewSecret {
+                    generated: false,
                     secret: agree_secret(secret, k.secret)?,
                     label: agree("label", label, k.label)?,
                     issuer: match (issuer, k.issuer) {
@@ -179,21 +182,37 @@ impl CreateReq {
                     },
                 }
             }
-            None => NewSecret {
-                params: Params::new(
+            None => {
+                let params = Params::new(
                     self.algorithm.as_deref().unwrap_or("SHA1"),
                     self.digits.unwrap_or(6),
                     self.period.unwrap_or(30),
                 )
-                .map_err(bad_param)?,
-                secret: secret.ok_or_else(|| {
-                    AgentError::bad(
-                        "secret: either secret (base32) or uri (otpauth://totp/...) is required",
-                    )
-                })?,
-                label: label.ok_or_else(|| AgentError::bad("label: required with secret"))?,
-                issuer,
-            },
+                .map_err(bad_param)?;
+                let label = label.ok_or_else(|| AgentError::bad("label: required"))?;
+                // Neither secret nor uri: generate one, as Sendblue's SDK documents, with
+                // as many bytes as the hash's output (RFC 4226's advice).
+                let (secret, generated) = match secret {
+                    Some(s) => (s, false),
+                    None => {
+                        let len = match params.algorithm.as_str() {
+                            "SHA256" => 32,
+                            "SHA512" => 64,
+                            _ => 20,
+                        };
+                        let s = otp::generate_secret(len)
+                            .map_err(|e| super::internal::<AgentError>(&e))?;
+                        (s, true)
+                    }
+                };
+                NewSecret {
+                    generated,
+                    params,
+                    secret,
+                    label,
+                    issuer,
+                }
+            }
         };
         if new.secret.len() < MIN_SECRET_BYTES {
             return Err(AgentError::bad(format!(
@@ -222,7 +241,24 @@ impl CreateReq {
                 "label: must be 1 to {MAX_LABEL} characters"
             )));
         }
+        // `secret list` prints these on a terminal: no control or direction characters.
+        printable("label", &new.label)?;
+        if let Some(i) = &new.issuer {
+            printable("issuer", i)?;
+        }
         Ok(new)
+    }
+}
+
+/// Refuses control characters and bidirectional formatting characters, which would
+/// let a label rewrite what a terminal shows.
+fn printable(field: &str, s: &str) -> Result<(), AgentError> {
+    if super::fields::printable(s) {
+        Ok(())
+    } else {
+        Err(AgentError::bad(format!(
+            "{field}: control and text-direction characters are not allowed"
+        )))
     }
 }
 
@@ -261,6 +297,16 @@ async fn create(
         .await?;
     let mut out = info_json(&info);
     out["secret"] = Value::String(otp::encode_base32(&new.secret));
+    if new.generated {
+        // So the agent can enrol the new secret elsewhere too; shown this once.
+        let account = info.label.as_str();
+        out["otpauth_uri"] = Value::String(uri::build(
+            info.issuer.as_deref().unwrap_or_default(),
+            account,
+            &new.secret,
+            &info.params,
+        ));
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"status": "success", "totp_secret": out})),

@@ -82,6 +82,16 @@ pub fn flex_string_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
     Option::<W>::deserialize(d).map(|o| o.map(|w| w.0))
 }
 
+/// Whether `s` is free of control characters and of the bidirectional formatting
+/// characters (U+061C, U+200E/F, U+202A..E, U+2066..9) that let text rewrite how a
+/// terminal shows what follows it.
+pub fn printable(s: &str) -> bool {
+    !s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
 /// `"90"`, `"90s"`, `"1m30s"`, `"1h"` → seconds. Sub-second durations are refused.
 pub fn parse_seconds(s: &str) -> Option<i64> {
     let s = s.trim();
@@ -137,6 +147,20 @@ mod tests {
         assert_eq!((c.token.as_str(), c.other), ("0123", None));
         assert!(serde_json::from_str::<C>(r#"{"token": 1.5}"#).is_err());
         assert!(serde_json::from_str::<C>(r#"{"token": true}"#).is_err());
+    }
+
+    #[test]
+    fn printable_text() {
+        assert!(printable("GitHub: ci-bot (prod) ü ✓"));
+        for bad in [
+            "a\u{0}b",
+            "tab\there",
+            "evil\u{202E}txt",
+            "x\u{2066}",
+            "\u{7f}",
+        ] {
+            assert!(!printable(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
         _ => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -188,7 +188,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
             },
             _ => BodyError::Malformed(inner.to_string()),
         }
-    })
+    })?;
+    // One JSON value and nothing after it: `{...} garbage` or `{...}{...}` is no body.
+    de.end()
+        .map_err(|_| BodyError::Malformed("trailing data after the JSON value".into()))?;
+    Ok(value)
 }
 
 /// A serde data error without its position (" at line 1 column 12") and without the
@@ -421,6 +425,14 @@ mod tests {
             parse_json::<T>(b"[6]"),
             Err(BodyError::Field { field: None, .. })
         ));
+        for trailing in [&br#"{"digits": 6} x"#[..], br#"{"digits": 6}{"digits": 7}"#] {
+            assert!(
+                matches!(parse_json::<T>(trailing), Err(BodyError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(trailing)
+            );
+        }
+        assert!(parse_json::<T>(b" {\"digits\": 6} \n").is_ok());
     }
 
     #[test]

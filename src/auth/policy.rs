@@ -70,7 +70,10 @@ pub enum PolicyError {
 /// '-', '_', '.' or '@'. `None` if `raw` cannot be one.
 pub fn name(raw: &str) -> Option<String> {
     let name = raw.to_ascii_lowercase();
+    // `.` and `..` would read as path steps wherever a name meets a path.
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 128
         && name
             .chars()

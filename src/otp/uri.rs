@@ -18,6 +18,17 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
 /// writes them.
 pub fn build(issuer: &str, account: &str, secret: &[u8], p: &Params) -> String {
     let enc = |s: &str| utf8_percent_encode(s, ENCODE).to_string();
+    if issuer.is_empty() {
+        // No issuer: the label is the account alone, and no empty issuer parameter.
+        return format!(
+            "otpauth://totp/{}?algorithm={}&digits={}&period={}&secret={}",
+            enc(account),
+            p.algorithm.as_str(),
+            p.digits,
+            p.period,
+            encode_base32(secret)
+        );
+    }
     format!(
         "otpauth://totp/{}:{}?algorithm={}&digits={}&issuer={}&period={}&secret={}",
         enc(issuer),
@@ -61,6 +72,8 @@ pub enum UriError {
     Period,
     #[error("uri: the issuer parameter {param:?} disagrees with the label's issuer {label:?}")]
     IssuerMismatch { param: String, label: String },
+    #[error("uri: the parameter {0:?} is given more than once")]
+    Repeated(String),
     #[error("uri: {0}")]
     Malformed(String),
 }
@@ -92,8 +105,14 @@ pub fn parse(s: &str) -> Result<KeyUri, UriError> {
     let mut algorithm = "SHA1".to_string();
     let mut digits = 6;
     let mut period = 30;
+    let mut seen = std::collections::HashSet::new();
     for (k, v) in url.query_pairs() {
-        match k.to_ascii_lowercase().as_str() {
+        let key = k.to_ascii_lowercase();
+        // Two secrets (or two of anything) are ambiguous: which one did the user mean?
+        if !seen.insert(key.clone()) {
+            return Err(UriError::Repeated(key));
+        }
+        match key.as_str() {
             "secret" => secret = Some(decode_base32(&v).ok_or(UriError::Secret)?),
             "issuer" => issuer = Some(v.trim().to_string()),
             "algorithm" => algorithm = v.trim().to_string(),
@@ -127,6 +146,29 @@ pub fn parse(s: &str) -> Result<KeyUri, UriError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_an_issuer_the_label_is_the_account() {
+        let p = Params::new("SHA1", 6, 30).unwrap();
+        let u = build("", "ci-bot", b"0123456789abcdefghij", &p);
+        assert!(
+            u.starts_with("otpauth://totp/ci-bot?algorithm=SHA1&digits=6&period=30&secret="),
+            "{u}"
+        );
+        let k = parse(&u).unwrap();
+        assert_eq!((k.label.as_str(), k.issuer), ("ci-bot", None));
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_refused() {
+        for u in [
+            "otpauth://totp/a?secret=JBSWY3DPEHPK3PXP&secret=KRSXG5CTMVRXEZLU",
+            "otpauth://totp/a?secret=JBSWY3DPEHPK3PXP&digits=6&Digits=8",
+            "otpauth://totp/a?secret=JBSWY3DPEHPK3PXP&image=x&image=y",
+        ] {
+            assert!(matches!(parse(u), Err(UriError::Repeated(_))), "{u}");
+        }
+    }
 
     #[test]
     fn build_then_parse_round_trips() {

@@ -1084,3 +1084,17 @@ async fn dot_and_dot_dot_are_no_policy_names() {
         r.text
     );
 }
+
+#[tokio::test]
+async fn init_and_seal_status_answer_as_an_unsealed_vault_without_a_token() {
+    let app = TestApp::new().await;
+    let r = app.tcp_req("GET", "/v1/sys/init", &[], None).await;
+    assert_eq!((r.status, &r.json), (200, &json!({"initialized": true})));
+    let r = app.tcp_req("GET", "/v1/sys/seal-status", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.json["initialized"], &r.json["sealed"], &r.json["type"]),
+        (&json!(true), &json!(false), &json!("shamir"))
+    );
+    assert!(r.json["version"].is_string() && r.json["progress"] == 0);
+}

@@ -25,6 +25,8 @@ pub const SURFACE: Surface = Surface {
 fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/sys/health", get(health))
+        .route("/v1/sys/init", get(init))
+        .route("/v1/sys/seal-status", get(seal_status))
         .route("/v1/sys/openapi", get(openapi))
         .route("/v1/sys/metrics", get(metrics))
         .route("/v1/auth/token/create", post(token_create))
@@ -50,6 +52,33 @@ async fn health() -> Response {
         "standby": false,
         "version": env!("CARGO_PKG_VERSION"),
         "server_time_utc": now(),
+    }))
+    .into_response()
+}
+
+/// As Vault answers it, without a token: totpd is initialized when it runs.
+async fn init() -> Response {
+    axum::Json(json!({ "initialized": true })).into_response()
+}
+
+/// As an unsealed, initialized Vault answers it (monitoring polls it, without a token).
+/// totpd has no seal: its key is loaded at start, or it does not start.
+async fn seal_status() -> Response {
+    axum::Json(json!({
+        "type": "shamir",
+        "initialized": true,
+        "sealed": false,
+        "t": 1,
+        "n": 1,
+        "progress": 0,
+        "nonce": "",
+        "version": env!("CARGO_PKG_VERSION"),
+        "build_date": "",
+        "migration": false,
+        "cluster_name": "totpd",
+        "cluster_id": "",
+        "recovery_seal": false,
+        "storage_type": "sqlite",
     }))
     .into_response()
 }

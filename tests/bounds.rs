@@ -70,7 +70,7 @@ impl MfaStore for Overloaded {
     async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError> {
         busy()
     }
-    async fn delete_method(&self, _: &str) -> Result<(), StoreError> {
+    async fn delete_method(&self, _: &str) -> Result<usize, StoreError> {
         busy()
     }
     async fn create_mfa_secret(&self, _: &str, _: &str, _: i64) -> Result<Enrollment, StoreError> {

@@ -181,6 +181,14 @@ fn wrong_code(secret: &[u8], p: &Params, skew: u32, now: i64) -> String {
         .expect("a wrong code among ten candidates")
 }
 
+/// Enrolls `entity` for the existing method `m`.
+async fn enrolled_again(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) {
+    assert!(matches!(
+        s.create_mfa_secret(&m.id, entity, NOW).await,
+        Ok(Enrollment::Created { .. })
+    ));
+}
+
 /// Creates `m` and enrolls `entity`, returning the secret.
 async fn enrolled(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) -> Vec<u8> {
     s.create_method(m).await.expect("create_method");
@@ -1060,19 +1068,32 @@ async fn case_methods_delete(b: &dyn Backend) {
         StoreError::NotFound(Thing::Method)
     );
 
-    // While an entity holds a secret for it, the method stays.
-    assert_err!(
-        s.delete_method(&m.id).await,
-        StoreError::Conflict(Clash::InUse)
-    );
-    assert_eq!(s.get_method(&m.id).await.unwrap(), Some(m.clone()));
-
-    assert!(s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
-    s.delete_method(&m.id)
-        .await
-        .expect("delete once no secret is held");
+    // The entities' secrets go with the method, in the same transaction (as Vault).
+    enrolled_again(&s, &m, "entity-2").await;
+    let other = method(Some("other"), 5);
+    enrolled(&s, &other, "entity-1").await;
+    assert_eq!(s.delete_method(&m.id).await.unwrap(), 2);
     assert_eq!(s.get_method(&m.id).await.unwrap(), None);
-    assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
+    // A method made again with the same name starts with no secret held.
+    let again = MethodRecord {
+        id: m.id.clone(),
+        ..m.clone()
+    };
+    s.create_method(&again).await.unwrap();
+    assert!(matches!(
+        s.create_mfa_secret(&m.id, "entity-1", NOW).await.unwrap(),
+        Enrollment::Created { .. }
+    ));
+    assert!(s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
+    assert_eq!(s.delete_method(&m.id).await.unwrap(), 0);
+    // The other method keeps its secret.
+    assert!(matches!(
+        s.create_mfa_secret(&other.id, "entity-1", NOW)
+            .await
+            .unwrap(),
+        Enrollment::Exists { .. }
+    ));
+    assert_eq!(s.list_methods().await.unwrap(), vec![other.clone()]);
     assert_err!(
         s.delete_method(&m.id).await,
         StoreError::NotFound(Thing::Method)

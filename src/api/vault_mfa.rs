@@ -268,11 +268,12 @@ async fn delete(State(st): State<AppState>, who: Caller, Path(raw): Path<String>
     let id = method_id("method_id", &raw)?;
     who.require(&format!("{ACL}/{id}"), Capability::Delete)?;
     match st.store.delete_method(&id).await {
-        Ok(()) => Ok(vault::no_content()),
+        Ok(secrets) => {
+            // As Vault: the entities' secrets for the method go with it.
+            tracing::info!(method_id = %id, secrets, "MFA method deleted with its entity secrets");
+            Ok(vault::no_content())
+        }
         Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
-        Err(StoreError::Conflict(Clash::InUse)) => Err(VaultError::bad_request(
-            "method_id: the method is in use: entities still hold secrets for it (admin-destroy them first)",
-        )),
         Err(e) => Err(e.into()),
     }
 }

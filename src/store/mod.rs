@@ -452,9 +452,9 @@ pub trait MfaStore {
     async fn get_method(&self, id: &str) -> Result<Option<MethodRecord>, StoreError>;
     /// Every method, ordered by id (as Vault lists keys).
     async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError>;
-    /// Deletes a method. `NotFound(Method)`; `Conflict(InUse)` while an entity holds a
-    /// secret for it (checked and deleted atomically).
-    async fn delete_method(&self, id: &str) -> Result<(), StoreError>;
+    /// Deletes a method and, in the same transaction, every secret entities hold for it
+    /// (as Vault does). Returns how many secrets went. `NotFound(Method)`.
+    async fn delete_method(&self, id: &str) -> Result<usize, StoreError>;
     /// Generates a secret of the method's `key_size` for `entity_id` and stores it, unless
     /// the entity already holds one for the method (`Exists`, nothing written). Atomic
     /// against every concurrent call: an entity never ends up with two secrets for one

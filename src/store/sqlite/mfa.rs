@@ -182,18 +182,18 @@ impl MfaStore for SqliteStore {
         .await
     }
 
-    async fn delete_method(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_method(&self, id: &str) -> Result<usize, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
             require_method(c, &id)?;
-            let in_use = c
-                .prepare_cached("SELECT 1 FROM mfa_secrets WHERE method_id = ?1 LIMIT 1")?
-                .exists([&id])?;
-            if in_use {
-                return Err(StoreError::Conflict(Clash::InUse));
-            }
+            // The entities' secrets go first (their mfa_secrets rows CASCADE with them),
+            // so the method's RESTRICT no longer holds it.
+            let secrets = c.execute(
+                "DELETE FROM otp_secrets WHERE id IN (SELECT secret_id FROM mfa_secrets WHERE method_id = ?1)",
+                [&id],
+            )?;
             c.execute("DELETE FROM mfa_methods WHERE id = ?1", [&id])?;
-            Ok(())
+            Ok(secrets)
         })
         .await
     }

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// [default: <data-dir>/totpd.key]
     #[arg(long, env = "TOTPD_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Accept a key file its group may read (mode 0640), for a key shared with a backup
+    /// group. Without it the key file must be 0600 or stricter, or totpd refuses to start.
+    #[arg(long, env = "TOTPD_KEY_GROUP_READABLE")]
+    pub key_group_readable: bool,
     /// Seconds a client gets to send its request headers before the connection is closed.
     /// [default: 10]
     #[arg(long, env = "TOTPD_HEADER_TIMEOUT", value_name = "SECS")]
@@ -130,6 +134,7 @@ struct FileConfig {
     socket_group: Option<String>,
     listen: Option<SocketAddr>,
     key_file: Option<PathBuf>,
+    key_group_readable: Option<bool>,
     header_timeout: Option<u64>,
     readers: Option<u16>,
     read_queue: Option<u32>,
@@ -166,6 +171,8 @@ pub struct ServeConfig {
     pub socket_group: Option<String>,
     pub listen: Option<SocketAddr>,
     pub key_file: PathBuf,
+    /// Accept a group-readable key file.
+    pub key_group_readable: bool,
     pub credentials_dir: Option<PathBuf>,
     pub header_timeout: std::time::Duration,
     /// Read connections and read queue length; None for the store's defaults.
@@ -286,6 +293,7 @@ impl ServeArgs {
                 .clone()
                 .or(file.key_file)
                 .unwrap_or_else(|| data_dir.join("totpd.key")),
+            key_group_readable: self.key_group_readable || file.key_group_readable.unwrap_or(false),
             header_timeout: std::time::Duration::from_secs(
                 self.header_timeout
                     .or(file.header_timeout)

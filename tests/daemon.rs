@@ -730,9 +730,29 @@ async fn restart_keeps_everything_and_wrong_key_refuses_to_start() {
         );
     }
 
+    // A key file others may read: refuses to start, as ssh refuses a loose private
+    // key, and says which chmod to run. The group may read it only when allowed.
+    let key = d.data_dir.join("totpd.key");
+    let chmod = |m| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m)).unwrap();
+    d.stop();
+    chmod(0o644);
+    let err = d.spawn().unwrap_err();
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    assert!(err.contains("exit status: 1"), "{err}");
+    chmod(0o640);
+    assert!(d.spawn().unwrap_err().contains("chmod 600"));
+    d.extra = vec!["--key-group-readable".into()];
+    d.spawn().unwrap();
+    d.stop();
+    chmod(0o600);
+
     // Another key file: refuses to start and says why.
     let other = d.dir.path().join("other.key");
     std::fs::write(&other, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
     d.extra = vec!["--key-file".into(), other.display().to_string()];
     let err = d.spawn().unwrap_err();
     assert!(err.contains("does not open database"), "{err}");

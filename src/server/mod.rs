@@ -57,6 +57,7 @@ pub async fn daemon(
     opts.readers = cfg.readers.unwrap_or(opts.readers);
     opts.read_queue = cfg.read_queue.unwrap_or(opts.read_queue);
     let keys = KeySource {
+        allow_group_readable: cfg.key_group_readable,
         credentials_dir: cfg.credentials_dir.clone(),
         key_file: cfg.key_file.clone(),
     };

@@ -95,6 +95,8 @@ impl Sealer {
 pub struct KeySource {
     pub credentials_dir: Option<PathBuf>,
     pub key_file: PathBuf,
+    /// Accept a key file the owner's group may read (never one others may read).
+    pub allow_group_readable: bool,
 }
 
 /// A key as loaded, with where it came from.
@@ -118,6 +120,35 @@ impl KeySource {
         self.credential().is_some() || self.key_file.exists()
     }
 
+    /// Refuses a key file others may read (or the group, unless allowed), as ssh refuses
+    /// a loose private key: whoever can read it can open every secret.
+    fn check_mode(&self, path: &Path) -> Result<(), SealError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(|e| SealError::KeyFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        let loose = if self.allow_group_readable {
+            mode & 0o007 != 0 || mode & 0o020 != 0
+        } else {
+            mode & 0o077 != 0
+        };
+        if loose {
+            return Err(SealError::KeyFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "mode {mode:04o} lets other users read the sealing key; run: chmod 600 {}",
+                    path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The key, made and written on first use.
     pub fn load_or_create(&self) -> Result<LoadedKey, SealError> {
         if let Some(p) = self.credential() {
@@ -129,6 +160,7 @@ impl KeySource {
         }
         let key_file = &self.key_file;
         if key_file.exists() {
+            self.check_mode(key_file)?;
             return Ok(LoadedKey {
                 key: read_key(key_file)?,
                 path: key_file.clone(),
@@ -211,6 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         let src = |cred: Option<&Path>| KeySource {
+            allow_group_readable: false,
             credentials_dir: cred.map(Path::to_path_buf),
             key_file: p.clone(),
         };
@@ -230,5 +263,43 @@ mod tests {
         assert_eq!(k3.key, [9u8; KEY_LEN]);
         let from = k3.path;
         assert!(from.starts_with(cred.path()));
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let src = |allow_group_readable| KeySource {
+            allow_group_readable,
+            credentials_dir: None,
+            key_file: p.clone(),
+        };
+        src(false).load_or_create().unwrap();
+        let chmod = |m| fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        for (mode, strict_ok, group_ok) in [
+            (0o600, true, true),
+            (0o400, true, true),
+            (0o640, false, true),
+            (0o660, false, false),
+            (0o644, false, false),
+            (0o604, false, false),
+        ] {
+            chmod(mode);
+            let strict = src(false).load_or_create();
+            assert_eq!(strict.is_ok(), strict_ok, "{mode:o}");
+            if let Err(e) = strict {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("chmod 600") && msg.contains(&format!("{mode:04o}")),
+                    "{msg}"
+                );
+            }
+            assert_eq!(
+                src(true).load_or_create().is_ok(),
+                group_ok,
+                "{mode:o} with the group allowed"
+            );
+        }
     }
 }

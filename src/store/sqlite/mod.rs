@@ -434,6 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = SqliteOptions::new(dir.path().join("l.db"));
         let keys = KeySource {
+            allow_group_readable: false,
             credentials_dir: None,
             key_file: dir.path().join("key"),
         };

@@ -68,6 +68,13 @@ pub struct ServeArgs {
     /// seconds, or a duration such as 10m. [default: 10m]
     #[arg(long, env = "TOTPD_PURGE_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
     pub purge_interval: Option<u64>,
+    /// Lifetime of a token created without `ttl` (a token with the root policy: none).
+    /// [default: 32d, as Vault's default_lease_ttl]
+    #[arg(long, env = "TOTPD_DEFAULT_TTL", value_name = "DURATION", value_parser = parse_interval)]
+    pub default_ttl: Option<u64>,
+    /// The longest any token may live; a longer `ttl` is cut to it. [default: 32d]
+    #[arg(long, env = "TOTPD_MAX_TTL", value_name = "DURATION", value_parser = parse_interval)]
+    pub max_ttl: Option<u64>,
     /// Issuer named in the login step's provisioning URIs (what authenticator apps show).
     /// [default: totpd]
     #[arg(long, env = "TOTPD_ISSUER", value_name = "NAME")]
@@ -141,6 +148,8 @@ struct FileConfig {
     max_connections: Option<u32>,
     mounts: Option<Vec<String>>,
     purge_interval: Option<toml::Value>,
+    default_ttl: Option<toml::Value>,
+    max_ttl: Option<toml::Value>,
     issuer: Option<String>,
     temp_token_ttl: Option<toml::Value>,
     login_policies: Option<Vec<String>>,
@@ -186,6 +195,8 @@ pub struct ServeConfig {
     pub purge_interval: std::time::Duration,
     /// The user login step's settings.
     pub login: crate::api::user_totp::Settings,
+    /// Default and max token lifetimes.
+    pub tokens: crate::api::sys::TokenSettings,
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -243,6 +254,19 @@ impl ServeArgs {
         let purge_interval = match self.purge_interval {
             Some(n) => n,
             None => file_duration("purge_interval", file.purge_interval.as_ref())?.unwrap_or(600),
+        };
+        let token_defaults = crate::api::sys::TokenSettings::default();
+        let tokens = crate::api::sys::TokenSettings {
+            default_ttl: match self.default_ttl {
+                Some(n) => n as i64,
+                None => file_duration("default_ttl", file.default_ttl.as_ref())?
+                    .map_or(token_defaults.default_ttl, |n| n as i64),
+            },
+            max_ttl: match self.max_ttl {
+                Some(n) => n as i64,
+                None => file_duration("max_ttl", file.max_ttl.as_ref())?
+                    .map_or(token_defaults.max_ttl, |n| n as i64),
+            },
         };
         let defaults = crate::api::user_totp::Settings::default();
         let login = crate::api::user_totp::Settings {
@@ -324,6 +348,7 @@ impl ServeArgs {
             },
             purge_interval: std::time::Duration::from_secs(purge_interval),
             login,
+            tokens,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })
@@ -340,7 +365,7 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(
             &f,
-            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\nmounts = [\"ci\"]\npurge_interval = \"2m\"\nissuer = \"Acme\"\ntemp_token_ttl = 60\nlogin_policies = [\"default\", \"web\"]\nlogin_ttl = \"8h\"\ndeactivate_needs_code = true\n",
+            "data_dir = \"/srv/t\"\nsocket_mode = \"0600\"\nlisten = \"127.0.0.1:8200\"\nmax_connections = 7\nreaders = 3\nmounts = [\"ci\"]\npurge_interval = \"2m\"\nissuer = \"Acme\"\ntemp_token_ttl = 60\nlogin_policies = [\"default\", \"web\"]\nlogin_ttl = \"8h\"\ndeactivate_needs_code = true\ndefault_ttl = \"1h\"\nmax_ttl = 86400\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -370,6 +395,7 @@ mod tests {
         );
         assert_eq!(c.login.login_policies, ["default", "web"]);
         assert!(c.login.deactivate_needs_code);
+        assert_eq!((c.tokens.default_ttl, c.tokens.max_ttl), (3600, 86_400));
         let args = ServeArgs {
             config: Some(f),
             data_dir: Some("/other".into()),

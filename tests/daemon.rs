@@ -1118,3 +1118,40 @@ async fn init_and_seal_status_answer_as_an_unsealed_vault_without_a_token() {
     );
     assert!(r.json["version"].is_string() && r.json["progress"] == 0);
 }
+
+#[tokio::test]
+async fn tokens_get_the_default_ttl_and_never_outlive_the_max() {
+    let app = TestApp::new().await;
+    let month = 32 * 24 * 3600;
+    let lease = |r: &common::Resp| r.json["auth"]["lease_duration"].as_i64().unwrap();
+    let create = |body: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .req("POST", "/v1/auth/token/create", Some(body), None)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r
+        }
+    };
+    // No ttl: the default, 32 days, as Vault's default_lease_ttl.
+    let r = create(json!({"policies": ["default"]})).await;
+    assert!((month - 5..=month).contains(&lease(&r)), "{}", r.text);
+    // Past the max, cut to it.
+    for ttl in [json!(i64::MAX), json!("9999999999999h"), json!(month + 100)] {
+        let r = create(json!({"policies": ["default"], "ttl": ttl})).await;
+        assert!(
+            (month - 5..=month).contains(&lease(&r)),
+            "{ttl}: {}",
+            r.text
+        );
+    }
+    // Only a root token lives for ever.
+    let r = create(json!({"policies": ["root"]})).await;
+    assert_eq!(lease(&r), 0, "{}", r.text);
+    let token = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&token))
+        .await;
+    assert_eq!(r.json["data"]["expire_time"], Value::Null, "{}", r.text);
+}

@@ -45,6 +45,8 @@ pub struct AppState {
     pub login: Arc<user_totp::Settings>,
     /// Bounds the argon2 work (recovery codes) running at once, whatever clients send.
     pub hashes: Arc<tokio::sync::Semaphore>,
+    /// Default and max lifetimes of API tokens.
+    pub tokens: Arc<sys::TokenSettings>,
 }
 
 impl AppState {
@@ -56,7 +58,14 @@ impl AppState {
             mounts: Arc::new(nitride::Mounts::default()),
             login: Arc::new(user_totp::Settings::default()),
             hashes: user_totp::hash_bound(),
+            tokens: Arc::new(sys::TokenSettings::default()),
         }
+    }
+
+    /// The same state with these token lifetimes.
+    pub fn with_tokens(mut self, settings: sys::TokenSettings) -> Self {
+        self.tokens = Arc::new(settings);
+        self
     }
 
     /// The same state with this login-step configuration.

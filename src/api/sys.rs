@@ -98,6 +98,25 @@ async fn openapi() -> Response {
 
 // ----- tokens -----
 
+/// Lifetimes of tokens made with `auth/token/create`, as Vault's `default_lease_ttl` and
+/// `max_lease_ttl` (both 32 days by default).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSettings {
+    /// A token created without `ttl` lives this long (a `root` token: for ever).
+    pub default_ttl: i64,
+    /// No token lives longer; a longer `ttl` is cut to this.
+    pub max_ttl: i64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            default_ttl: 32 * 24 * 3600,
+            max_ttl: 32 * 24 * 3600,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenCreate {
     #[serde(default)]
@@ -148,16 +167,20 @@ async fn token_create(
     policies.sort();
     policies.dedup();
 
-    let ttl = match req.ttl {
+    // As Vault: no ttl means the default; only a token holding `root` may live for
+    // ever; nothing outlives the max TTL, nor its parent.
+    let limits = *st.tokens;
+    let expires_at = match req.ttl {
         Some(t) if t < 0 => return Err(VaultError::bad_request("ttl: must not be negative")),
-        Some(0) | None => None,
-        Some(t) => Some(t),
+        Some(0) | None if policies.iter().any(|p| p == auth::ROOT) => None,
+        Some(0) | None => Some(now.saturating_add(limits.default_ttl.min(limits.max_ttl))),
+        Some(t) => Some(now.saturating_add(t.min(limits.max_ttl))),
     };
-    let mut expires_at = ttl.map(|t| now.saturating_add(t));
-    // A child never outlives its parent.
-    if let Some(parent) = who.token.as_ref().and_then(|t| t.expires_at) {
-        expires_at = Some(expires_at.map_or(parent, |e| e.min(parent)));
-    }
+    let expires_at = match (expires_at, who.token.as_ref().and_then(|t| t.expires_at)) {
+        (Some(e), Some(parent)) => Some(e.min(parent)),
+        (None, Some(parent)) => Some(parent),
+        (e, None) => e,
+    };
 
     let entity_id = match req.entity_id {
         Some(raw) => {

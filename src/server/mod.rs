@@ -85,7 +85,8 @@ pub async fn daemon(
         tracing::info!(mounts = ?mounts.names(), "policy token mounts");
         let state = AppState::new(store.clone())
             .with_mounts(mounts)
-            .with_login(cfg.login.clone());
+            .with_login(cfg.login.clone())
+            .with_tokens(cfg.tokens);
         let app = http::app(state, nix::unistd::getuid().as_raw());
         let limits = ConnLimits {
             header_timeout: cfg.header_timeout,

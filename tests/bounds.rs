@@ -35,6 +35,16 @@ impl TokenStore for Overloaded {
     async fn revoke_token(&self, _: &str) -> Result<usize, StoreError> {
         busy()
     }
+    async fn get_token_by_accessor(
+        &self,
+        _: &str,
+        _: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        busy()
+    }
+    async fn revoke_token_by_accessor(&self, _: &str) -> Result<usize, StoreError> {
+        busy()
+    }
 }
 
 #[async_trait]

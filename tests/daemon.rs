@@ -147,7 +147,9 @@ async fn policy_and_token_work_over_tcp_with_every_header_style() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["data"]["policies"], json!(["default", "reader"]));
-    assert_eq!(r.json["data"]["display_name"], "app");
+    // As Vault: a given display name comes back prefixed `token-` (this changed: it
+    // used to come back as given).
+    assert_eq!(r.json["data"]["display_name"], "token-app");
 
     // Revoke ends it.
     let r = app
@@ -1154,4 +1156,153 @@ async fn tokens_get_the_default_ttl_and_never_outlive_the_max() {
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&token))
         .await;
     assert_eq!(r.json["data"]["expire_time"], Value::Null, "{}", r.text);
+}
+
+#[tokio::test]
+async fn lookup_by_token_and_accessor_and_revoke_by_accessor_as_vault() {
+    let app = TestApp::new().await;
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["default"], "ttl": "1h", "display_name": "ci"})),
+            None,
+        )
+        .await;
+    let token = r.json["auth"]["client_token"].as_str().unwrap().to_string();
+    let accessor = r.json["auth"]["accessor"].as_str().unwrap().to_string();
+
+    // lookup-self, with Vault's fields and types.
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&token))
+        .await;
+    let d = &r.json["data"];
+    assert_eq!(d["display_name"], "token-ci");
+    assert!(
+        d["expire_time"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        r.text
+    );
+    assert!(
+        d["issue_time"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        (d["creation_ttl"].as_i64(), d["num_uses"].as_i64()),
+        (Some(3600), Some(0))
+    );
+    assert_eq!(
+        (&d["orphan"], &d["path"]),
+        (&json!(true), &json!("auth/token/create"))
+    );
+    assert!(
+        d["explicit_max_ttl"].is_i64() && d["renewable"].is_boolean() && d.get("meta").is_some()
+    );
+
+    // lookup by token (root): the same, with the token as id.
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup",
+            Some(json!({"token": token})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.json["data"]["id"], &r.json["data"]["accessor"]),
+        (&json!(token), &json!(accessor))
+    );
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup",
+            Some(json!({"token": "tpd.nothing"})),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.vault_error()), (403, "bad token"));
+    // A default token may not look up others.
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup",
+            Some(json!({"token": token})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    // lookup by accessor: never the token itself.
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup-accessor",
+            Some(json!({"accessor": accessor})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["data"]["id"], "");
+    assert!(!r.text.contains(&token));
+    assert_eq!(r.json["data"]["display_name"], "token-ci");
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup-accessor",
+            Some(json!({"accessor": "nope"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // revoke by accessor takes the children with it.
+    put_policy(
+        &app,
+        "maker",
+        json!({"auth/token/create": {"capabilities": ["update"]}}),
+    )
+    .await;
+    let child = make_token(&app, json!({"policies": ["maker"]})).await;
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/lookup",
+            Some(json!({"token": child})),
+            None,
+        )
+        .await;
+    let child_accessor = r.json["data"]["accessor"].as_str().unwrap().to_string();
+    let grandchild = {
+        let r = app
+            .req(
+                "POST",
+                "/v1/auth/token/create",
+                Some(json!({})),
+                Some(&child),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["auth"]["client_token"].as_str().unwrap().to_string()
+    };
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/revoke-accessor",
+            Some(json!({"accessor": child_accessor})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    for t in [&child, &grandchild] {
+        let r = app
+            .req("GET", "/v1/auth/token/lookup-self", None, Some(t))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    }
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&token))
+        .await;
+    assert_eq!(r.status, 200, "the others stay: {}", r.text);
 }

@@ -593,6 +593,21 @@ async fn case_token_revoke_cascades(b: &dyn Backend) {
         "already revoked"
     );
     assert_eq!(s.revoke_token("no-such-hash").await.unwrap(), 0);
+
+    // By accessor: the same record, the same cascade.
+    assert_eq!(
+        s.get_token_by_accessor("a-other", NOW).await.unwrap(),
+        Some(tree[4].clone())
+    );
+    assert_eq!(s.get_token_by_accessor("a-root", NOW).await.unwrap(), None);
+    assert_eq!(s.revoke_token_by_accessor("a-other").await.unwrap(), 2);
+    assert_eq!(s.get_token("h-other-child", NOW).await.unwrap(), None);
+    assert_eq!(s.revoke_token_by_accessor("a-other").await.unwrap(), 0);
+    // An expired token is not found by its accessor either.
+    s.create_token(&token("h-old", "a-old", None, Some(NOW - 1)))
+        .await
+        .unwrap();
+    assert_eq!(s.get_token_by_accessor("a-old", NOW).await.unwrap(), None);
     close(&s).await;
 }
 

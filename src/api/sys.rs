@@ -2,14 +2,14 @@
 //! tokens (`/v1/auth/token/*`) and ACL policies (`/v1/sys/policies/acl/*`).
 
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::fields::flex_seconds;
+use super::fields::{flex_seconds, rfc3339};
 use super::vault::{self, Caller, Json, ListQuery, VaultError};
 use super::{extract, nitride, now, AppState, Surface};
 use crate::auth::{self, Capability, Policy};
@@ -31,6 +31,15 @@ fn routes() -> Router<AppState> {
         .route("/v1/sys/metrics", get(metrics))
         .route("/v1/auth/token/create", post(token_create))
         .route("/v1/auth/token/lookup-self", get(token_lookup_self))
+        .route("/v1/auth/token/lookup", post(token_lookup))
+        .route(
+            "/v1/auth/token/lookup-accessor",
+            post(token_lookup_accessor),
+        )
+        .route(
+            "/v1/auth/token/revoke-accessor",
+            post(token_revoke_accessor),
+        )
         .route("/v1/auth/token/revoke", post(token_revoke))
         .route("/v1/auth/token/revoke-self", post(token_revoke_self))
         .route("/v1/sys/policies/acl", get(policy_list))
@@ -199,7 +208,10 @@ async fn token_create(
         hash: auth::hash_token(&token),
         accessor: accessor.clone(),
         entity_id: entity_id.clone(),
-        display_name: req.display_name.unwrap_or_else(|| "token".into()),
+        // As Vault: a given display name is prefixed `token-`.
+        display_name: req
+            .display_name
+            .map_or_else(|| "token".into(), |n| format!("token-{n}")),
         policies: policies.clone(),
         created_at: now,
         expires_at,
@@ -223,20 +235,36 @@ async fn token_create(
     ))
 }
 
-async fn token_lookup_self(who: Caller) -> Res {
+/// A token's lookup data, with Vault's fields and types.
+fn lookup_data(t: &TokenRecord, now: i64) -> Value {
+    json!({
+        "accessor": t.accessor,
+        "creation_time": t.created_at,
+        "creation_ttl": t.expires_at.map_or(0, |e| e - t.created_at),
+        "display_name": t.display_name,
+        "entity_id": t.entity_id,
+        "expire_time": t.expires_at.map(rfc3339),
+        "explicit_max_ttl": 0,
+        "issue_time": rfc3339(t.created_at),
+        "meta": null,
+        "num_uses": 0,
+        "orphan": t.parent.is_none(),
+        "path": "auth/token/create",
+        "policies": t.policies,
+        "renewable": false,
+        "ttl": t.expires_at.map_or(0, |e| (e - now).max(0)),
+        "type": "service",
+    })
+}
+
+async fn token_lookup_self(State(st): State<AppState>, who: Caller) -> Res {
     who.require("auth/token/lookup-self", Capability::Read)?;
     let now = now();
     let data = match &who.token {
-        Some(t) => json!({
-            "accessor": t.accessor,
-            "creation_time": t.created_at,
-            "display_name": t.display_name,
-            "entity_id": who.entity_id,
-            "expire_time": t.expires_at,
-            "policies": who.policies,
-            "ttl": t.expires_at.map_or(0, |e| (e - now).max(0)),
-            "type": "service",
-        }),
+        Some(t) => match st.store.get_token(&t.hash, now).await? {
+            Some(rec) => lookup_data(&rec, now),
+            None => return Err(VaultError::denied()),
+        },
         // A socket peer without a token: say who the daemon thinks it is.
         None => json!({
             "accessor": null,
@@ -250,6 +278,70 @@ async fn token_lookup_self(who: Caller) -> Res {
         }),
     };
     Ok(vault::ok(&who.request_id, data))
+}
+
+#[derive(Deserialize)]
+struct TokenLookup {
+    token: String,
+}
+
+async fn token_lookup(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<TokenLookup>,
+) -> Res {
+    who.require("auth/token/lookup", Capability::Update)?;
+    let token = req.token.trim();
+    if token.is_empty() {
+        return Err(VaultError::bad_request("token: missing"));
+    }
+    let now = now();
+    // As Vault: an unknown token is "bad token", 403.
+    let rec = st
+        .store
+        .get_token(&auth::hash_token(token), now)
+        .await?
+        .ok_or_else(|| VaultError::new(StatusCode::FORBIDDEN, "bad token"))?;
+    let mut data = lookup_data(&rec, now);
+    data["id"] = json!(token);
+    Ok(vault::ok(&who.request_id, data))
+}
+
+#[derive(Deserialize)]
+struct AccessorReq {
+    accessor: String,
+}
+
+async fn token_lookup_accessor(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<AccessorReq>,
+) -> Res {
+    who.require("auth/token/lookup-accessor", Capability::Update)?;
+    let now = now();
+    let rec = st
+        .store
+        .get_token_by_accessor(req.accessor.trim(), now)
+        .await?
+        .ok_or_else(|| VaultError::bad_request("invalid accessor"))?;
+    // Looked up by accessor, the token itself is never shown (Vault gives an empty id).
+    let mut data = lookup_data(&rec, now);
+    data["id"] = json!("");
+    Ok(vault::ok(&who.request_id, data))
+}
+
+async fn token_revoke_accessor(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<AccessorReq>,
+) -> Res {
+    who.require("auth/token/revoke-accessor", Capability::Update)?;
+    let accessor = req.accessor.trim();
+    if accessor.is_empty() {
+        return Err(VaultError::bad_request("accessor: missing"));
+    }
+    st.store.revoke_token_by_accessor(accessor).await?;
+    Ok(vault::no_content())
 }
 
 #[derive(Deserialize)]

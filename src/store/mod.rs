@@ -296,9 +296,17 @@ pub trait TokenStore {
     async fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError>;
     /// The token with this hash, if it exists and has not expired at `now`.
     async fn get_token(&self, hash: &str, now: i64) -> Result<Option<TokenRecord>, StoreError>;
+    /// The token with this accessor, if it exists and has not expired at `now`.
+    async fn get_token_by_accessor(
+        &self,
+        accessor: &str,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError>;
     /// Deletes the token with this hash and every token made from it, at any depth,
     /// atomically. Returns how many were deleted.
     async fn revoke_token(&self, hash: &str) -> Result<usize, StoreError>;
+    /// As [`TokenStore::revoke_token`], for the token with this accessor.
+    async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError>;
 }
 
 /// ACL policies written by operators (the built-in ones are not stored).

@@ -286,38 +286,66 @@ impl TokenStore for SqliteStore {
 
     async fn get_token(&self, hash: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {
         let hash = hash.to_string();
-        self.read(move |c| {
-            let row = c
-                .prepare_cached(
-                    "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent
-                     FROM tokens WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                )?
-                .query_row(params![hash, now], token_row)
-                .optional()?;
-            row.map(|(mut t, policies)| {
-                t.policies = serde_json::from_str(&policies)
-                    .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
-                Ok(t)
-            })
-            .transpose()
-        })
-        .await
+        self.read(move |c| live_token(c, "hash", &hash, now)).await
+    }
+
+    async fn get_token_by_accessor(
+        &self,
+        accessor: &str,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let accessor = accessor.to_string();
+        self.read(move |c| live_token(c, "accessor", &accessor, now))
+            .await
     }
 
     async fn revoke_token(&self, hash: &str) -> Result<usize, StoreError> {
         let hash = hash.to_string();
-        self.write(move |c| {
-            Ok(c.execute(
-                "WITH RECURSIVE tree(accessor) AS (
-                     SELECT accessor FROM tokens WHERE hash = ?1
-                     UNION SELECT t.accessor FROM tokens t JOIN tree ON t.parent = tree.accessor
-                 )
-                 DELETE FROM tokens WHERE accessor IN tree",
-                [hash],
-            )?)
-        })
-        .await
+        self.write(move |c| revoke_tree(c, "hash", &hash)).await
     }
+
+    async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError> {
+        let accessor = accessor.to_string();
+        self.write(move |c| revoke_tree(c, "accessor", &accessor))
+            .await
+    }
+}
+
+/// The unexpired token whose `column` (hash or accessor, both unique) is `key`.
+fn live_token(
+    c: &Connection,
+    column: &'static str,
+    key: &str,
+    now: i64,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let row = c
+        .prepare_cached(&format!(
+            "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent
+             FROM tokens WHERE {column} = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+        ))?
+        .query_row(params![key, now], token_row)
+        .optional()?;
+    row.map(|(mut t, policies)| {
+        t.policies = serde_json::from_str(&policies)
+            .map_err(|e| StoreError::Corrupt(format!("token policies: {e}")))?;
+        Ok(t)
+    })
+    .transpose()
+}
+
+/// Deletes the token whose `column` (hash or accessor) is `key` and every token made
+/// from it, at any depth; returns how many went.
+fn revoke_tree(c: &Connection, column: &'static str, key: &str) -> Result<usize, StoreError> {
+    Ok(c.execute(
+        &format!(
+            "WITH RECURSIVE tree(accessor) AS (
+                 SELECT accessor FROM tokens WHERE {column} = ?1
+                 UNION SELECT t.accessor FROM tokens t JOIN tree ON t.parent = tree.accessor
+             )
+             DELETE FROM tokens WHERE accessor IN tree"
+        ),
+        [key],
+    )?)
 }
 
 #[async_trait]

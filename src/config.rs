@@ -112,8 +112,9 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     }
 }
 
-/// A positive duration: whole seconds or a string such as `10m` or `1h30m`.
-fn parse_interval(s: &str) -> Result<u64, String> {
+/// A positive duration: whole seconds or a string such as `10m` or `1h30m`. Also the
+/// CLI's `--ttl`.
+pub fn parse_interval(s: &str) -> Result<u64, String> {
     match crate::api::fields::parse_seconds(s) {
         Some(n) if n > 0 => Ok(n as u64),
         _ => Err(format!(

@@ -92,8 +92,8 @@ enum NitrideCmd {
         #[arg(long)]
         policy: String,
         /// How long the token stays good: seconds, or a duration such as 10m or 1h.
-        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
-        ttl: i64,
+        #[arg(long, value_name = "DURATION", value_parser = config::parse_interval)]
+        ttl: u64,
         /// The auth mount to make it under.
         #[arg(long, default_value = "ratls")]
         mount: String,
@@ -116,15 +116,6 @@ enum NitrideCmd {
         #[arg(long, default_value = "ratls")]
         mount: String,
     },
-}
-
-fn parse_ttl(s: &str) -> Result<i64, String> {
-    match totpd::api::fields::parse_seconds(s) {
-        Some(n) if n > 0 => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a positive duration such as 600, 90s or 10m"
-        )),
-    }
 }
 
 #[derive(Subcommand)]
@@ -508,7 +499,8 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            let body = serde_json::json!({"policy": policy, "expiration": now.saturating_add(ttl)});
+            let body =
+                serde_json::json!({"policy": policy, "expiration": now.saturating_add(ttl as i64)});
             let reply = client
                 .request("PUT", &base(&mount), Some(body.to_string().into_bytes()))
                 .await?;

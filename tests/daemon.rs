@@ -37,6 +37,16 @@ async fn put_policy(d: &impl Requester, name: &str, paths: Value) {
     assert_eq!(r.status, 204, "{}", r.text);
 }
 
+/// The policy `maker`: may create tokens (no more than its own rights).
+async fn put_maker_policy(d: &impl Requester) {
+    put_policy(
+        d,
+        "maker",
+        json!({"auth/token/create": {"capabilities": ["update"]}}),
+    )
+    .await;
+}
+
 // In-process: the HTTP surface.
 
 #[tokio::test]
@@ -192,12 +202,7 @@ async fn policy_and_token_work_over_tcp_with_every_header_style() {
 #[tokio::test]
 async fn child_tokens_get_no_more_than_their_parent() {
     let app = TestApp::new().await;
-    put_policy(
-        &app,
-        "maker",
-        json!({"auth/token/create": {"capabilities": ["update"]}}),
-    )
-    .await;
+    put_maker_policy(&app).await;
     put_policy(&app, "other", json!({"sys/*": {"capabilities": ["read"]}})).await;
     let maker = make_token(&app, json!({"policies": ["maker"]})).await;
     let r = app
@@ -438,12 +443,7 @@ async fn openapi_document_is_served() {
 #[tokio::test]
 async fn revoking_a_token_revokes_every_token_made_from_it() {
     let app = TestApp::new().await;
-    put_policy(
-        &app,
-        "maker",
-        json!({"auth/token/create": {"capabilities": ["update"]}}),
-    )
-    .await;
+    put_maker_policy(&app).await;
     let parent = make_token(&app, json!({"policies": ["maker"]})).await;
     let r = app
         .req(
@@ -1258,12 +1258,7 @@ async fn lookup_by_token_and_accessor_and_revoke_by_accessor_as_vault() {
     assert_eq!(r.status, 400, "{}", r.text);
 
     // revoke by accessor takes the children with it.
-    put_policy(
-        &app,
-        "maker",
-        json!({"auth/token/create": {"capabilities": ["update"]}}),
-    )
-    .await;
+    put_maker_policy(&app).await;
     let child = make_token(&app, json!({"policies": ["maker"]})).await;
     let r = app
         .req(

@@ -210,16 +210,13 @@ fn key_of(u: &uuid::Uuid) -> (String, String) {
 /// list and delete tokens.
 fn require_sudo(who: &Caller, mount: &str, exact: Option<&str>) -> Result<(), NitrideError> {
     let base = format!("auth/{mount}/totp");
-    if who.allowed(&base, Capability::Sudo)
-        || exact.is_some_and(|p| who.allowed(p, Capability::Sudo))
-    {
-        Ok(())
-    } else {
-        Err(NitrideError::new(
-            StatusCode::FORBIDDEN,
-            "permission denied",
-        ))
-    }
+    // The shared denial (403 "permission denied"), in this surface's shape.
+    who.require(&base, Capability::Sudo)
+        .or_else(|e| match exact {
+            Some(p) => who.require(p, Capability::Sudo),
+            None => Err(e),
+        })
+        .map_err(NitrideError::from)
 }
 
 fn check_mount_known(st: &AppState, mount: &str) -> Result<(), NitrideError> {

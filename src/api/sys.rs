@@ -280,15 +280,16 @@ async fn token_lookup_self(State(st): State<AppState>, who: Caller) -> Res {
     Ok(vault::ok(&who.request_id, data))
 }
 
+/// `{token}`: the body of lookup and revoke.
 #[derive(Deserialize)]
-struct TokenLookup {
+struct TokenReq {
     token: String,
 }
 
 async fn token_lookup(
     State(st): State<AppState>,
     who: Caller,
-    extract::Json(req, _): Json<TokenLookup>,
+    extract::Json(req, _): Json<TokenReq>,
 ) -> Res {
     who.require("auth/token/lookup", Capability::Update)?;
     let token = req.token.trim();
@@ -344,15 +345,10 @@ async fn token_revoke_accessor(
     Ok(vault::no_content())
 }
 
-#[derive(Deserialize)]
-struct TokenRevoke {
-    token: String,
-}
-
 async fn token_revoke(
     State(st): State<AppState>,
     who: Caller,
-    extract::Json(req, _): Json<TokenRevoke>,
+    extract::Json(req, _): Json<TokenReq>,
 ) -> Res {
     who.require("auth/token/revoke", Capability::Update)?;
     if req.token.trim().is_empty() {

@@ -666,3 +666,23 @@ async fn argon2_stays_bounded_when_clients_hang_up() {
     );
     assert!(m.contains("totpd_argon2_running 0\n"), "{m}");
 }
+
+#[tokio::test]
+async fn without_a_good_temp_token_verify_costs_no_argon2() {
+    // verify/ needs no API token: a stranger must not be able to take the argon2 slots
+    // that users' recovery logins wait for.
+    let app = TestApp::new().await;
+    let code = totpd::otp::recovery::generate_set().unwrap()[0].display();
+    for i in 0..20 {
+        let r = app
+            .tcp_req(
+                "POST",
+                "/api/v1/auth/totp/verify",
+                &[],
+                Some(json!({"temp_token": format!("tpd.made-up-{i}"), "token": code})),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    assert_eq!(app.state.metrics.hashes_peak(), 0);
+}

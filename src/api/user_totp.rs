@@ -409,29 +409,31 @@ async fn hashing<T: Send + 'static>(
 
 /// Checks what a user typed, a TOTP code or a recovery code, for `proof`.
 async fn check_typed(st: &AppState, proof: Proof<'_>, typed: &str) -> Result<Check, StoreError> {
+    // verify/ needs no API token, so anyone can call it: a temp_token that is not good
+    // is turned away by a read, before it can take a turn at the writer or at argon2.
+    // (That it answers sooner than a wrong code tells nothing: temp_tokens are 256
+    // random bits, and the store checks again.)
+    let user = match proof {
+        Proof::Login { temp_hash, .. } => {
+            match st.store.get_temp_token_user(temp_hash, now()).await? {
+                Some(u) => u,
+                None => return Ok(Check::BadTempToken),
+            }
+        }
+        Proof::Owner { entity_id } => entity_id.to_string(),
+    };
     let code = match recovery::parse(typed) {
         // Digits only are a TOTP code; so is anything that is no recovery code, which
         // then counts as a malformed attempt.
         Some(c) if !typed.trim().bytes().all(|b| b.is_ascii_digit()) => c,
         _ => return st.store.check_user_code(proof, typed, now()).await,
     };
-    let user = match proof {
-        Proof::Login { temp_hash, .. } => st.store.get_temp_token_user(temp_hash, now()).await?,
-        Proof::Owner { entity_id } => Some(entity_id.to_string()),
-    };
-    let stored = match &user {
-        Some(u) => st.store.get_recovery_hash(u, &code.selector).await?,
-        None => None,
-    };
+    let stored = st.store.get_recovery_hash(&user, &code.selector).await?;
     let selector = code.selector.clone();
     // One argon2 verify per attempt, an unknown selector included.
-    // A bad temp_token pays it too, so its answer takes as long as a wrong code's.
     let matched = hashing(st, move || recovery::check(&code, stored.as_deref()))
         .await
         .map_err(|_| StoreError::Backend("recovery-code check failed".into()))?;
-    if user.is_none() {
-        return Ok(Check::BadTempToken);
-    }
     st.store
         .spend_recovery_code(proof, &selector, matched, now())
         .await

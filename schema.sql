@@ -18,7 +18,7 @@ CREATE TABLE meta (
 ) STRICT;
 
 -- ACL policies written by operators (the built-in 'root' and 'default' are not stored).
--- document: {"path": {"<glob>": {"capabilities": [...]}}} as JSON text.
+-- document: the policy as written, in HCL or JSON (see migration 7).
 CREATE TABLE policies (
     name       TEXT PRIMARY KEY,
     document   TEXT NOT NULL,
@@ -197,3 +197,15 @@ SELECT d.entity_id AS user,
             THEN 'locked' ELSE 'open' END AS lock
 FROM user_devices d LEFT JOIN user_locks l ON l.entity_id = d.entity_id
 ORDER BY d.entity_id, d.created_at;
+
+-- migrate: 7
+
+-- Renewable tokens, as Vault's: a renewal extends a token by its creation TTL (or the
+-- increment asked for), never past creation + explicit_max_ttl (0: the daemon's max
+-- TTL), nor past its parent. Tokens made before this were not renewable.
+-- policies.document now holds a policy as written, HCL or JSON text: JSON documents
+-- stored before stay valid as they are.
+ALTER TABLE tokens ADD COLUMN renewable INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN creation_ttl INTEGER NOT NULL DEFAULT 0;      -- seconds; 0 for none
+ALTER TABLE tokens ADD COLUMN explicit_max_ttl INTEGER NOT NULL DEFAULT 0;  -- seconds; 0 for none
+UPDATE tokens SET creation_ttl = expires_at - created_at WHERE expires_at IS NOT NULL;

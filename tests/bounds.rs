@@ -45,6 +45,9 @@ impl TokenStore for Overloaded {
     async fn revoke_token_by_accessor(&self, _: &str) -> Result<usize, StoreError> {
         busy()
     }
+    async fn renew_token(&self, _: &str, _: i64, _: i64) -> Result<bool, StoreError> {
+        busy()
+    }
 }
 
 #[async_trait]

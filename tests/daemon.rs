@@ -104,8 +104,10 @@ async fn policy_and_token_work_over_tcp_with_every_header_style() {
             )
             .await;
         assert_eq!(r.status, 200, "{h}: {}", r.text);
+        // The policy comes back as the text it was written in (here, an object's JSON).
+        let doc: Value = serde_json::from_str(r.json["data"]["policy"].as_str().unwrap()).unwrap();
         assert_eq!(
-            r.json["data"]["policy"]["path"]["sys/policies/acl/*"]["capabilities"],
+            doc["path"]["sys/policies/acl/*"]["capabilities"],
             json!(["read", "list"])
         );
         // Allowed to read, not to write.
@@ -393,10 +395,10 @@ async fn policies_read_list_delete() {
     let r = app
         .req("GET", "/v1/sys/policies/acl/agents", None, None)
         .await;
-    assert_eq!(
-        r.json["data"]["policy"],
-        serde_json::from_str::<Value>(doc).unwrap()
-    );
+    // Contract change: the policy is read back as the text written, as Vault does, in
+    // `policy` and in `rules` (it used to come back as an object).
+    assert_eq!(r.json["data"]["policy"], doc);
+    assert_eq!(r.json["data"]["rules"], doc);
     let r = app
         .req("GET", "/v1/sys/policies/acl?list=true", None, None)
         .await;
@@ -428,7 +430,64 @@ async fn policies_read_list_delete() {
     let r = app
         .req("GET", "/v1/sys/policies/acl/default", None, None)
         .await;
-    assert!(r.json["data"]["policy"]["path"]["auth/token/lookup-self"].is_object());
+    let doc: Value = serde_json::from_str(r.json["data"]["policy"].as_str().unwrap()).unwrap();
+    assert!(doc["path"]["auth/token/lookup-self"].is_object());
+}
+
+/// Policies in HCL, as Vault's operators write them: kept as written, read back as that
+/// text, granting what they say; malformed HCL is refused naming the line.
+#[tokio::test]
+async fn hcl_policies_are_kept_as_written_and_grant_what_they_say() {
+    let app = TestApp::new().await;
+    let hcl = "# agents\npath \"api/v2/totp/*\" {\n  capabilities = [\"read\", \"list\"]\n}\n\npath \"sys/policies/acl/hcl\" {\n  capabilities = [\"read\"]\n}\n";
+    let r = app
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/hcl",
+            Some(json!({ "policy": hcl })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = app.req("GET", "/v1/sys/policies/acl/hcl", None, None).await;
+    assert_eq!(r.json["data"]["policy"], hcl);
+    assert_eq!(r.json["data"]["rules"], hcl);
+    assert_eq!(r.json["data"]["name"], "hcl");
+
+    let tok = make_token(&app, json!({"policies": ["hcl"]})).await;
+    let h = [("x-vault-token", tok)];
+    let r = app.tcp_req("GET", "/v1/sys/policies/acl/hcl", &h, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app
+        .tcp_req("DELETE", "/v1/sys/policies/acl/hcl", &h, None)
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = app.tcp_req("GET", "/api/v2/totp/secrets", &h, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Malformed: 400 naming the line, and the stored policy is unchanged.
+    let r = app
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/hcl",
+            Some(json!({ "policy": "path \"a\" {\n  capabilities = [\"read\"\n}\n" })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.vault_error().contains("line 3"), "{}", r.text);
+    let r = app.req("GET", "/v1/sys/policies/acl/hcl", None, None).await;
+    assert_eq!(r.json["data"]["policy"], hcl);
+    // Neither a string nor an object.
+    let r = app
+        .req(
+            "PUT",
+            "/v1/sys/policies/acl/hcl",
+            Some(json!({ "policy": 7 })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
 }
 
 #[tokio::test]
@@ -1300,4 +1359,137 @@ async fn lookup_by_token_and_accessor_and_revoke_by_accessor_as_vault() {
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&token))
         .await;
     assert_eq!(r.status, 200, "the others stay: {}", r.text);
+}
+
+/// Renewal as Vault's: renewable by default, by the creation TTL or the increment, never
+/// past the explicit max TTL or the parent; `renewable: false` is refused.
+#[tokio::test]
+async fn tokens_renew_as_vault_within_their_caps() {
+    let app = TestApp::new().await;
+    let lease = |r: &common::Resp| r.json["auth"]["lease_duration"].as_i64().unwrap();
+    let near = |got: i64, want: i64| (want - 5..=want).contains(&got);
+    let create = |body: Value, as_token: Option<String>| {
+        let app = &app;
+        async move {
+            let r = app
+                .req("POST", "/v1/auth/token/create", Some(body), as_token.as_deref())
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            (
+                r.json["auth"]["client_token"].as_str().unwrap().to_string(),
+                r,
+            )
+        }
+    };
+    let renew_self = |token: String, body: Value| {
+        let app = &app;
+        async move {
+            app.req("POST", "/v1/auth/token/renew-self", Some(body), Some(&token))
+                .await
+        }
+    };
+
+    let (tok, r) = create(json!({"policies": ["default"], "ttl": "1h"}), None).await;
+    assert_eq!(r.json["auth"]["renewable"], true, "{}", r.text);
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+        .await;
+    assert_eq!(
+        (&r.json["data"]["renewable"], &r.json["data"]["creation_ttl"]),
+        (&json!(true), &json!(3600))
+    );
+    // With an increment (the default policy allows renew-self)...
+    let r = renew_self(tok.clone(), json!({"increment": "2h"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(near(lease(&r), 7200), "{}", r.text);
+    assert_eq!(r.json["auth"]["client_token"], tok);
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+        .await;
+    assert!(near(r.json["data"]["ttl"].as_i64().unwrap(), 7200), "{}", r.text);
+    // ...and without one: the creation TTL again (hvac sends an empty body).
+    let r = renew_self(tok.clone(), json!({})).await;
+    assert!(near(lease(&r), 3600), "{}", r.text);
+    // `renew {token}` needs more than the default policy; root may, with an increment.
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/renew",
+            Some(json!({"token": tok})),
+            Some(&tok),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/renew",
+            Some(json!({"token": tok, "increment": 100})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(near(lease(&r), 100), "{}", r.text);
+
+    // explicit_max_ttl: no renewal goes past it.
+    let (capped, _) = create(
+        json!({"policies": ["default"], "ttl": "10m", "explicit_max_ttl": "90m"}),
+        None,
+    )
+    .await;
+    let r = renew_self(capped.clone(), json!({"increment": "5h"})).await;
+    assert!(near(lease(&r), 5400), "{}", r.text);
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&capped))
+        .await;
+    assert_eq!(r.json["data"]["explicit_max_ttl"], 5400, "{}", r.text);
+
+    // A child never outlives its parent, renewed or not.
+    put_maker_policy(&app).await;
+    let (parent, _) = create(json!({"policies": ["maker"], "ttl": "1h"}), None).await;
+    let (child, _) = create(
+        json!({"policies": ["default"], "ttl": "30m"}),
+        Some(parent.clone()),
+    )
+    .await;
+    let r = renew_self(child.clone(), json!({"increment": "5h"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(near(lease(&r), 3600), "{}", r.text);
+
+    // Not renewable: refused, and the TTL stays.
+    let (fixed, _) = create(
+        json!({"policies": ["default"], "ttl": "1h", "renewable": false}),
+        None,
+    )
+    .await;
+    let r = renew_self(fixed.clone(), json!({"increment": "2h"})).await;
+    assert_eq!(
+        (r.status, r.vault_error()),
+        (400, "lease is not renewable"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&fixed))
+        .await;
+    assert_eq!(r.json["data"]["renewable"], false);
+    assert!(near(r.json["data"]["ttl"].as_i64().unwrap(), 3600), "{}", r.text);
+
+    // Bad input changes nothing: a negative increment, an unknown token.
+    let r = renew_self(tok.clone(), json!({"increment": -5})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/renew",
+            Some(json!({"token": "tpd.nothing"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // A token without expiry has nothing to extend.
+    let (forever, _) = create(json!({"policies": ["root"]}), None).await;
+    let r = renew_self(forever, json!({})).await;
+    assert_eq!((r.status, lease(&r)), (200, 0), "{}", r.text);
 }

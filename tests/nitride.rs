@@ -46,7 +46,7 @@ async fn policy_of(app: &TestApp, name: &str) -> Value {
         .req("GET", &format!("/v1/sys/policies/acl/{name}"), None, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    r.json["data"]["policy"].clone()
+    serde_json::from_str(r.json["data"]["policy"].as_str().unwrap()).unwrap()
 }
 
 /// Creates a token as root; returns the answer.

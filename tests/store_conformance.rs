@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             case_tokens_create_get_expire_sweep,
             case_tokens_duplicates_refused,
             case_token_revoke_cascades,
+            case_token_renewal,
             case_policies,
             case_methods_create_get_list,
             case_methods_update,
@@ -208,6 +209,9 @@ fn token(hash: &str, accessor: &str, parent: Option<&str>, expires_at: Option<i6
         created_at: NOW,
         expires_at,
         parent: parent.map(str::to_owned),
+        renewable: true,
+        creation_ttl: expires_at.map_or(0, |e| e - NOW),
+        explicit_max_ttl: 0,
     }
 }
 
@@ -608,6 +612,41 @@ async fn case_token_revoke_cascades(b: &dyn Backend) {
         .await
         .unwrap();
     assert_eq!(s.get_token_by_accessor("a-old", NOW).await.unwrap(), None);
+    close(&s).await;
+}
+
+async fn case_token_renewal(b: &dyn Backend) {
+    let s = open(b);
+    let live = token("h-live", "a-live", None, Some(NOW + 60));
+    s.create_token(&live).await.unwrap();
+    // Renewed: the new expiry is what a lookup gives, everything else unchanged.
+    assert!(s.renew_token("h-live", NOW, NOW + 600).await.unwrap());
+    assert_eq!(
+        s.get_token("h-live", NOW).await.unwrap(),
+        Some(TokenRecord {
+            expires_at: Some(NOW + 600),
+            ..live.clone()
+        })
+    );
+    // Not renewed, and unchanged: a token that is not renewable, one that never expires,
+    // one that has expired, one that does not exist.
+    let fixed = TokenRecord {
+        renewable: false,
+        ..token("h-fixed", "a-fixed", None, Some(NOW + 60))
+    };
+    s.create_token(&fixed).await.unwrap();
+    assert!(!s.renew_token("h-fixed", NOW, NOW + 600).await.unwrap());
+    assert_eq!(s.get_token("h-fixed", NOW).await.unwrap(), Some(fixed));
+    let forever = token("h-forever", "a-forever", None, None);
+    s.create_token(&forever).await.unwrap();
+    assert!(!s.renew_token("h-forever", NOW, NOW + 600).await.unwrap());
+    assert_eq!(s.get_token("h-forever", NOW).await.unwrap(), Some(forever));
+    s.create_token(&token("h-gone", "a-gone", None, Some(NOW)))
+        .await
+        .unwrap();
+    assert!(!s.renew_token("h-gone", NOW, NOW + 600).await.unwrap());
+    assert_eq!(s.get_token("h-gone", NOW).await.unwrap(), None);
+    assert!(!s.renew_token("no-such-hash", NOW, NOW + 600).await.unwrap());
     close(&s).await;
 }
 

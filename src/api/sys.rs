@@ -2,7 +2,7 @@
 //! tokens (`/v1/auth/token/*`) and ACL policies (`/v1/sys/policies/acl/*`).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -42,6 +42,8 @@ fn routes() -> Router<AppState> {
         )
         .route("/v1/auth/token/revoke", post(token_revoke))
         .route("/v1/auth/token/revoke-self", post(token_revoke_self))
+        .route("/v1/auth/token/renew", post(token_renew))
+        .route("/v1/auth/token/renew-self", post(token_renew_self))
         .route("/v1/sys/policies/acl", get(policy_list))
         .route(
             "/v1/sys/policies/acl/{name}",
@@ -126,6 +128,38 @@ impl Default for TokenSettings {
     }
 }
 
+impl TokenSettings {
+    /// The longest a token may live from its creation: its `explicit_max_ttl` when set,
+    /// never more than the daemon's max TTL.
+    fn cap(&self, explicit_max_ttl: i64) -> i64 {
+        if explicit_max_ttl > 0 {
+            explicit_max_ttl.min(self.max_ttl)
+        } else {
+            self.max_ttl
+        }
+    }
+
+    /// The expiry that a renewal at `now` gives `t`, as Vault's: `increment` (or, when
+    /// none is given, the TTL it was created with) from now, cut to its max TTL counted
+    /// from its creation, and to its parent's expiry.
+    pub fn renewal(
+        &self,
+        t: &TokenRecord,
+        now: i64,
+        increment: Option<i64>,
+        parent_expiry: Option<i64>,
+    ) -> i64 {
+        let increment = increment.filter(|i| *i > 0).unwrap_or(t.creation_ttl);
+        let mut e = now
+            .saturating_add(increment)
+            .min(t.created_at.saturating_add(self.cap(t.explicit_max_ttl)));
+        if let Some(p) = parent_expiry {
+            e = e.min(p);
+        }
+        e
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenCreate {
     #[serde(default)]
@@ -136,6 +170,15 @@ struct TokenCreate {
     display_name: Option<String>,
     #[serde(default)]
     no_default_policy: bool,
+    /// As Vault: renewable unless the body says otherwise.
+    #[serde(default = "yes")]
+    renewable: bool,
+    #[serde(default, deserialize_with = "flex_seconds")]
+    explicit_max_ttl: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn token_create(
@@ -177,13 +220,24 @@ async fn token_create(
     policies.dedup();
 
     // As Vault: no ttl means the default; only a token holding `root` may live for
-    // ever; nothing outlives the max TTL, nor its parent.
+    // ever; nothing outlives its max TTL (explicit, or the daemon's), nor its parent.
     let limits = *st.tokens;
+    let explicit_max_ttl = match req.explicit_max_ttl {
+        Some(t) if t < 0 => {
+            return Err(VaultError::bad_request(
+                "explicit_max_ttl: must not be negative",
+            ))
+        }
+        t => t.unwrap_or(0),
+    };
+    let cap = limits.cap(explicit_max_ttl);
     let expires_at = match req.ttl {
         Some(t) if t < 0 => return Err(VaultError::bad_request("ttl: must not be negative")),
-        Some(0) | None if policies.iter().any(|p| p == auth::ROOT) => None,
-        Some(0) | None => Some(now.saturating_add(limits.default_ttl.min(limits.max_ttl))),
-        Some(t) => Some(now.saturating_add(t.min(limits.max_ttl))),
+        Some(0) | None if explicit_max_ttl == 0 && policies.iter().any(|p| p == auth::ROOT) => {
+            None
+        }
+        Some(0) | None => Some(now.saturating_add(limits.default_ttl.min(cap))),
+        Some(t) => Some(now.saturating_add(t.min(cap))),
     };
     let expires_at = match (expires_at, who.token.as_ref().and_then(|t| t.expires_at)) {
         (Some(e), Some(parent)) => Some(e.min(parent)),
@@ -216,23 +270,28 @@ async fn token_create(
         created_at: now,
         expires_at,
         parent: who.token.as_ref().map(|t| t.accessor.clone()),
+        renewable: req.renewable,
+        creation_ttl: expires_at.map_or(0, |e| e - now),
+        explicit_max_ttl,
     };
     st.store.create_token(&rec).await?;
-    Ok(vault::auth(
-        &who.request_id,
-        json!({
-            "client_token": token,
-            "accessor": accessor,
-            "policies": policies,
-            "token_policies": policies,
-            "metadata": null,
-            "lease_duration": expires_at.map_or(0, |e| e - now),
-            "renewable": false,
-            "entity_id": entity_id,
-            "token_type": "service",
-            "orphan": false,
-        }),
-    ))
+    Ok(vault::auth(&who.request_id, auth_data(&token, &rec, now)))
+}
+
+/// The `auth` block of an answer that hands out or renews `token`, as Vault's.
+fn auth_data(token: &str, t: &TokenRecord, now: i64) -> Value {
+    json!({
+        "client_token": token,
+        "accessor": t.accessor,
+        "policies": t.policies,
+        "token_policies": t.policies,
+        "metadata": null,
+        "lease_duration": t.expires_at.map_or(0, |e| (e - now).max(0)),
+        "renewable": t.renewable,
+        "entity_id": t.entity_id,
+        "token_type": "service",
+        "orphan": t.parent.is_none(),
+    })
 }
 
 /// A token's lookup data, with Vault's fields and types.
@@ -240,18 +299,18 @@ fn lookup_data(t: &TokenRecord, now: i64) -> Value {
     json!({
         "accessor": t.accessor,
         "creation_time": t.created_at,
-        "creation_ttl": t.expires_at.map_or(0, |e| e - t.created_at),
+        "creation_ttl": t.creation_ttl,
         "display_name": t.display_name,
         "entity_id": t.entity_id,
         "expire_time": t.expires_at.map(rfc3339),
-        "explicit_max_ttl": 0,
+        "explicit_max_ttl": t.explicit_max_ttl,
         "issue_time": rfc3339(t.created_at),
         "meta": null,
         "num_uses": 0,
         "orphan": t.parent.is_none(),
         "path": "auth/token/create",
         "policies": t.policies,
-        "renewable": false,
+        "renewable": t.renewable,
         "ttl": t.expires_at.map_or(0, |e| (e - now).max(0)),
         "type": "service",
     })
@@ -369,6 +428,81 @@ async fn token_revoke_self(State(st): State<AppState>, who: Caller) -> Res {
     Ok(vault::no_content())
 }
 
+/// `{increment?}`, and `{token}` for `renew`: how long a renewal asks for.
+#[derive(Deserialize)]
+struct RenewReq {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, deserialize_with = "flex_seconds")]
+    increment: Option<i64>,
+}
+
+async fn token_renew(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<RenewReq>,
+) -> Res {
+    who.require("auth/token/renew", Capability::Update)?;
+    let token = req.token.as_deref().map(str::trim).unwrap_or_default();
+    if token.is_empty() {
+        return Err(VaultError::bad_request("token: missing"));
+    }
+    renew(&st, &who.request_id, token, req.increment).await
+}
+
+async fn token_renew_self(
+    State(st): State<AppState>,
+    who: Caller,
+    headers: HeaderMap,
+    extract::Json(req, _): Json<RenewReq>,
+) -> Res {
+    who.require("auth/token/renew-self", Capability::Update)?;
+    // The token that authenticated this request: the one the headers carry.
+    let token = who
+        .token
+        .as_ref()
+        .and(auth::token_from_headers(&headers))
+        .ok_or_else(|| {
+            VaultError::bad_request("no token to renew: the caller is a socket peer")
+        })?;
+    renew(&st, &who.request_id, &token, req.increment).await
+}
+
+/// Renews `token` by `increment` (or its creation TTL), as Vault does: up to its max TTL
+/// from creation and its parent's expiry. A token without expiry has nothing to extend.
+async fn renew(st: &AppState, request_id: &str, token: &str, increment: Option<i64>) -> Res {
+    if increment.is_some_and(|i| i < 0) {
+        return Err(VaultError::bad_request("increment: must not be negative"));
+    }
+    let now = now();
+    let hash = auth::hash_token(token);
+    let mut rec = st
+        .store
+        .get_token(&hash, now)
+        .await?
+        .ok_or_else(|| VaultError::bad_request("invalid token"))?;
+    if rec.expires_at.is_none() {
+        return Ok(vault::auth(request_id, auth_data(token, &rec, now)));
+    }
+    if !rec.renewable {
+        return Err(VaultError::bad_request("lease is not renewable"));
+    }
+    let parent_expiry = match &rec.parent {
+        Some(p) => match st.store.get_token_by_accessor(p, now).await? {
+            Some(parent) => parent.expires_at,
+            // A child goes with its parent: this one is about to be swept.
+            None => return Err(VaultError::bad_request("invalid token")),
+        },
+        None => None,
+    };
+    let expires_at = st.tokens.renewal(&rec, now, increment, parent_expiry);
+    if !st.store.renew_token(&hash, now, expires_at).await? {
+        return Err(VaultError::bad_request("invalid token"));
+    }
+    rec.expires_at = Some(expires_at);
+    Ok(vault::auth(request_id, auth_data(token, &rec, now)))
+}
+
 // ----- policies -----
 
 /// A policy name: what Vault allows, lower-cased as Vault does.
@@ -402,23 +536,19 @@ async fn policy_read(
     q.forbid()?;
     let name = policy_name(&raw)?;
     who.require(&format!("sys/policies/acl/{name}"), Capability::Read)?;
-    let doc: Value = match name.as_str() {
-        auth::ROOT => json!({}),
-        auth::DEFAULT => {
-            serde_json::from_str(auth::DEFAULT_POLICY).map_err(|e| VaultError::internal(&e))?
-        }
-        _ => {
-            let text = st
-                .store
-                .get_policy(&name)
-                .await?
-                .ok_or_else(VaultError::not_found)?;
-            serde_json::from_str(&text).map_err(|e| VaultError::internal(&e))?
-        }
+    // As Vault: the text as it was written, as `policy` and as `rules`.
+    let text = match name.as_str() {
+        auth::ROOT => String::new(),
+        auth::DEFAULT => auth::DEFAULT_POLICY.to_string(),
+        _ => st
+            .store
+            .get_policy(&name)
+            .await?
+            .ok_or_else(VaultError::not_found)?,
     };
     Ok(vault::ok(
         &who.request_id,
-        json!({ "name": name, "policy": doc }),
+        json!({ "name": name, "policy": text, "rules": text }),
     ))
 }
 
@@ -445,19 +575,19 @@ async fn policy_write(
             "cannot update the built-in {name:?} policy"
         )));
     }
-    // Vault clients send the document as a string of JSON; accept that or an object.
-    let doc = match req.policy {
-        Value::String(s) => serde_json::from_str::<Value>(&s)
-            .map_err(|e| VaultError::bad_request(format!("policy: not valid JSON: {e}")))?,
-        v @ Value::Object(_) => v,
+    // Vault clients send the policy as a string of HCL or JSON, kept as written; an
+    // object is kept as its JSON text.
+    let text = match req.policy {
+        Value::String(s) => s,
+        v @ Value::Object(_) => v.to_string(),
         _ => {
             return Err(VaultError::bad_request(
-                "policy: must be a JSON object or a string holding one",
+                "policy: must be a string of HCL or JSON, or a JSON object",
             ))
         }
     };
-    Policy::parse(&doc).map_err(|e| VaultError::bad_request(format!("policy: {e}")))?;
-    let document = doc.to_string();
+    Policy::from_text(&text).map_err(|e| VaultError::bad_request(format!("policy: {e}")))?;
+    let document = text;
     match req.totp {
         // Checked only now: an invalid document must not spend the token.
         Some(token) => {
@@ -480,4 +610,50 @@ async fn policy_delete(State(st): State<AppState>, who: Caller, Path(raw): Path<
     }
     st.store.delete_policy(&name).await?;
     Ok(vault::no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(created_at: i64, creation_ttl: i64, explicit_max_ttl: i64) -> TokenRecord {
+        TokenRecord {
+            hash: "h".into(),
+            accessor: "a".into(),
+            entity_id: "e".into(),
+            display_name: "token".into(),
+            policies: vec![],
+            created_at,
+            expires_at: Some(created_at + creation_ttl),
+            parent: None,
+            renewable: true,
+            creation_ttl,
+            explicit_max_ttl,
+        }
+    }
+
+    #[test]
+    fn a_renewal_extends_by_the_increment_or_the_creation_ttl_within_every_cap() {
+        let s = TokenSettings {
+            default_ttl: 3600,
+            max_ttl: 10_000,
+        };
+        let t = token(0, 600, 0);
+        // No increment (or 0): the creation TTL again, from now.
+        assert_eq!(s.renewal(&t, 100, None, None), 700);
+        assert_eq!(s.renewal(&t, 100, Some(0), None), 700);
+        // An increment, longer or shorter than the creation TTL.
+        assert_eq!(s.renewal(&t, 100, Some(2000), None), 2100);
+        assert_eq!(s.renewal(&t, 100, Some(10), None), 110);
+        // Never past the daemon's max TTL, counted from creation.
+        assert_eq!(s.renewal(&t, 9_000, Some(5000), None), 10_000);
+        // Nor past its explicit max TTL.
+        let e = token(0, 600, 1000);
+        assert_eq!(s.renewal(&e, 100, Some(5000), None), 1000);
+        // An explicit max above the daemon's is cut to the daemon's.
+        let big = token(0, 600, 50_000);
+        assert_eq!(s.renewal(&big, 100, Some(50_000), None), 10_000);
+        // Nor past its parent.
+        assert_eq!(s.renewal(&t, 100, Some(5000), Some(800)), 800);
+    }
 }

@@ -535,6 +535,10 @@ async fn verify(State(st): State<AppState>, extract::Json(req, _): Json<VerifyRe
         created_at: now,
         expires_at: Some(now.saturating_add(st.login.login_ttl)),
         parent: None,
+        // A login key lasts one login's TTL; the next login brings a new one.
+        renewable: false,
+        creation_ttl: st.login.login_ttl,
+        explicit_max_ttl: 0,
     };
     let temp_hash = auth::hash_token(req.temp_token.trim());
     let proof = Proof::Login {

@@ -23,6 +23,7 @@ pub const DEFAULT_POLICY: &str = r#"{
   "path": {
     "auth/token/lookup-self": {"capabilities": ["read"]},
     "auth/token/revoke-self": {"capabilities": ["update"]},
+    "auth/token/renew-self": {"capabilities": ["update"]},
     "identity/mfa/method/totp/generate": {"capabilities": ["update"]},
     "identity/mfa/method/totp/validate": {"capabilities": ["update"]},
     "api/v2/totp/*": {"capabilities": ["create", "read", "update", "delete", "list"]},
@@ -156,6 +157,10 @@ pub async fn create_root_token(store: &dyn Store, now: i64) -> Result<String, Au
             created_at: now,
             expires_at: None,
             parent: None,
+            // As Vault's root token: nothing to renew.
+            renewable: false,
+            creation_ttl: 0,
+            explicit_max_ttl: 0,
         })
         .await?;
     Ok(token)
@@ -242,11 +247,8 @@ async fn build_acl(store: &dyn Store, names: &[String]) -> Result<Acl, AuthError
     }
     let stored: Vec<String> = names.iter().filter(|n| *n != DEFAULT).cloned().collect();
     if !stored.is_empty() {
-        for (name, doc) in store.get_policies(&stored).await? {
-            let value: serde_json::Value = serde_json::from_str(&doc).map_err(|e| {
-                AuthError::BadPolicy(name.clone(), PolicyError::Shape(e.to_string()))
-            })?;
-            let p = Policy::parse(&value).map_err(|e| AuthError::BadPolicy(name, e))?;
+        for (name, text) in store.get_policies(&stored).await? {
+            let p = Policy::from_text(&text).map_err(|e| AuthError::BadPolicy(name, e))?;
             acl.merge(&p);
         }
     }

@@ -1,4 +1,5 @@
-//! ACL policies in Vault's model: `{"path": {"<glob>": {"capabilities": [...]}}}`.
+//! ACL policies in Vault's model: `{"path": {"<glob>": {"capabilities": [...]}}}`, written
+//! as JSON or as Vault's HCL (`path "<glob>" { capabilities = [...] }`).
 //! A trailing `*` makes a prefix match. For a request path the exact rule wins, else the
 //! longest matching prefix; rules for the same path from several policies are merged.
 //! `deny` in the chosen rule refuses everything.
@@ -64,6 +65,12 @@ pub enum PolicyError {
     Capability { path: String, cap: String },
     #[error("policy path {0:?}: '*' may only end a path")]
     Glob(String),
+    #[error("policy is not valid HCL: line {line}, column {column}: {message}")]
+    Hcl {
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 /// A policy name as stored: lower-cased, as Vault does, and 1..=128 letters, digits,
@@ -84,7 +91,9 @@ pub fn name(raw: &str) -> Option<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Doc {
-    path: BTreeMap<String, Rule>,
+    /// One rule per path, or a list of them: HCL gives a list where a path's block is
+    /// repeated, and their capabilities add up.
+    path: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -106,14 +115,22 @@ impl Policy {
             serde_json::from_value(doc.clone()).map_err(|e| PolicyError::Shape(e.to_string()))?;
         let mut rules = Vec::new();
         for (path, rule) in doc.path {
+            let blocks = match rule {
+                serde_json::Value::Array(many) => many,
+                one => vec![one],
+            };
             let mut caps = 0u8;
-            for c in &rule.capabilities {
-                caps |= Capability::parse(c)
-                    .ok_or_else(|| PolicyError::Capability {
-                        path: path.clone(),
-                        cap: c.clone(),
-                    })?
-                    .bit();
+            for block in blocks {
+                let rule: Rule = serde_json::from_value(block)
+                    .map_err(|e| PolicyError::Shape(format!("path {path:?}: {e}")))?;
+                for c in &rule.capabilities {
+                    caps |= Capability::parse(c)
+                        .ok_or_else(|| PolicyError::Capability {
+                            path: path.clone(),
+                            cap: c.clone(),
+                        })?
+                        .bit();
+                }
             }
             let (p, prefix) = match path.strip_suffix('*') {
                 Some(p) => (p.to_string(), true),
@@ -125,6 +142,28 @@ impl Policy {
             rules.push((p.trim_start_matches('/').to_string(), prefix, Caps(caps)));
         }
         Ok(Policy { rules })
+    }
+
+    /// Parses a policy as written: JSON when it starts with `{`, HCL otherwise (Vault
+    /// accepts both, and its operators mostly write HCL).
+    pub fn from_text(text: &str) -> Result<Self, PolicyError> {
+        let doc: serde_json::Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| PolicyError::Shape(e.to_string()))?
+        } else {
+            hcl::from_str(text).map_err(|e| match e {
+                hcl::Error::Parse(p) => PolicyError::Hcl {
+                    line: p.location().line(),
+                    column: p.location().column(),
+                    message: p.message().to_string(),
+                },
+                other => PolicyError::Hcl {
+                    line: 0,
+                    column: 0,
+                    message: other.to_string(),
+                },
+            })?
+        };
+        Self::parse(&doc)
     }
 }
 
@@ -252,5 +291,83 @@ mod tests {
             Policy::parse(&json!({"path": {"a": {"capabilities": "read"}}})),
             Err(PolicyError::Shape(_))
         ));
+    }
+
+    /// An HCL policy and its JSON twin: the same capabilities on every path of the table.
+    #[test]
+    fn hcl_and_its_json_twin_grant_the_same() {
+        let hcl = r#"
+# Deploy jobs read their secrets and rotate their codes.
+path "api/v2/totp/*" {
+  capabilities = ["create", "read", "delete", "list"]
+}
+path "api/v2/totp/admin/*" {
+  capabilities = ["deny"]
+}
+path "sys/policies/acl/app" { capabilities = ["read", "update"] }
+path "identity/mfa/method/totp/generate" {
+  capabilities = ["update"]
+}
+path "identity/mfa/method/totp/generate" {
+  capabilities = ["sudo"]
+}
+"#;
+        let json = r#"{"path": {
+            "api/v2/totp/*": {"capabilities": ["create", "read", "delete", "list"]},
+            "api/v2/totp/admin/*": {"capabilities": ["deny"]},
+            "sys/policies/acl/app": {"capabilities": ["read", "update"]},
+            "identity/mfa/method/totp/generate": {"capabilities": ["update", "sudo"]}
+        }}"#;
+        let (mut h, mut j) = (Acl::default(), Acl::default());
+        h.merge(&Policy::from_text(hcl).unwrap());
+        j.merge(&Policy::from_text(json).unwrap());
+        use Capability::*;
+        let table: &[(&str, Capability, bool)] = &[
+            ("api/v2/totp/secrets", Create, true),
+            ("api/v2/totp/secrets", Update, false),
+            ("api/v2/totp/code/x", Read, true),
+            ("api/v2/totp/", List, true),
+            ("api/v2/totp", Read, false),
+            ("api/v2/totp/admin/x", Read, false),
+            ("api/v2/totp/admin/", Delete, false),
+            ("sys/policies/acl/app", Update, true),
+            ("sys/policies/acl/app", Delete, false),
+            ("sys/policies/acl/app2", Read, false),
+            ("identity/mfa/method/totp/generate", Update, true),
+            ("identity/mfa/method/totp/generate", Sudo, true),
+            ("identity/mfa/method/totp/generate/x", Update, false),
+            ("elsewhere", Read, false),
+        ];
+        for (path, cap, want) in table {
+            assert_eq!(h.allows(path, *cap), *want, "HCL: {cap:?} on {path}");
+            assert_eq!(j.allows(path, *cap), *want, "JSON: {cap:?} on {path}");
+        }
+    }
+
+    #[test]
+    fn malformed_hcl_names_the_line() {
+        let err = Policy::from_text("path \"a\" {\n  capabilities = [\"read\"\n}\n").unwrap_err();
+        match err {
+            PolicyError::Hcl { line, .. } => assert_eq!(line, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(err_text("path \"a\" {\n  capabilities = [\"read\"\n}\n").contains("line 3"));
+        // Well-formed HCL of the wrong shape is refused as a policy.
+        assert!(matches!(
+            Policy::from_text("path \"a\" {\n  capabilities = [\"fly\"]\n}\n"),
+            Err(PolicyError::Capability { .. })
+        ));
+        assert!(matches!(
+            Policy::from_text("path \"a\" {\n  caps = [\"read\"]\n}\n"),
+            Err(PolicyError::Shape(_))
+        ));
+        assert!(matches!(
+            Policy::from_text("{\"path\": "),
+            Err(PolicyError::Shape(_))
+        ));
+    }
+
+    fn err_text(text: &str) -> String {
+        Policy::from_text(text).unwrap_err().to_string()
     }
 }

@@ -101,6 +101,13 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     /// Accessor of the token that created this one, if a token did.
     pub parent: Option<String>,
+    /// Whether `auth/token/renew(-self)` may extend it.
+    pub renewable: bool,
+    /// The TTL it was created with, in seconds (0: none); a renewal without an increment
+    /// extends it by this much.
+    pub creation_ttl: i64,
+    /// Seconds after creation that no renewal goes beyond (0: only the daemon's max TTL).
+    pub explicit_max_ttl: i64,
 }
 
 /// A Vault identity MFA TOTP method as stored.
@@ -307,6 +314,10 @@ pub trait TokenStore {
     async fn revoke_token(&self, hash: &str) -> Result<usize, StoreError>;
     /// As [`TokenStore::revoke_token`], for the token with this accessor.
     async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError>;
+    /// A renewal: sets the expiry of the token with this hash to `expires_at`, if it is
+    /// renewable, expires, and has not expired at `now`. False (nothing changed) if not.
+    async fn renew_token(&self, hash: &str, now: i64, expires_at: i64)
+        -> Result<bool, StoreError>;
 }
 
 /// ACL policies written by operators (the built-in ones are not stored).

@@ -245,8 +245,9 @@ pub(super) fn insert_token(c: &Connection, t: &TokenRecord) -> Result<(), StoreE
         [t.created_at],
     )?;
     c.execute(
-        "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent,
+                             renewable, creation_ttl, explicit_max_ttl)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             t.hash,
             t.accessor,
@@ -255,7 +256,10 @@ pub(super) fn insert_token(c: &Connection, t: &TokenRecord) -> Result<(), StoreE
             policies,
             t.created_at,
             t.expires_at,
-            t.parent
+            t.parent,
+            t.renewable,
+            t.creation_ttl,
+            t.explicit_max_ttl
         ],
     )?;
     Ok(())
@@ -272,6 +276,9 @@ fn token_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, String)> {
             created_at: r.get(5)?,
             expires_at: r.get(6)?,
             parent: r.get(7)?,
+            renewable: r.get(8)?,
+            creation_ttl: r.get(9)?,
+            explicit_max_ttl: r.get(10)?,
         },
         r.get(4)?,
     ))
@@ -309,6 +316,23 @@ impl TokenStore for SqliteStore {
         self.write(move |c| revoke_tree(c, "accessor", &accessor))
             .await
     }
+
+    async fn renew_token(
+        &self,
+        hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let hash = hash.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE tokens SET expires_at = ?3
+                 WHERE hash = ?1 AND renewable = 1 AND expires_at IS NOT NULL AND expires_at > ?2",
+                params![hash, now, expires_at],
+            )? > 0)
+        })
+        .await
+    }
 }
 
 /// The unexpired token whose `column` (hash or accessor, both unique) is `key`.
@@ -320,7 +344,8 @@ fn live_token(
 ) -> Result<Option<TokenRecord>, StoreError> {
     let row = c
         .prepare_cached(&format!(
-            "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent
+            "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent,
+                    renewable, creation_ttl, explicit_max_ttl
              FROM tokens WHERE {column} = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
         ))?
         .query_row(params![key, now], token_row)
@@ -504,6 +529,9 @@ mod tests {
             created_at: 1,
             expires_at: None,
             parent: None,
+            renewable: false,
+            creation_ttl: 0,
+            explicit_max_ttl: 0,
         };
         s.create_token(&rec("h1")).await.unwrap();
         assert!(matches!(

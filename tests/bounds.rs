@@ -699,3 +699,53 @@ async fn without_a_good_temp_token_verify_costs_no_argon2() {
     }
     assert_eq!(app.state.metrics.hashes_peak(), 0);
 }
+
+/// An over-long URI gets 414 and too many or too large headers get 431, from the
+/// middleware, so the answer carries an X-Request-Id and the surface's error shape
+/// (hyper's own answers, which come only past much larger limits, carry neither).
+#[tokio::test]
+async fn oversized_uris_and_headers_are_answered_in_the_surface_shape() {
+    let d = Daemon::start();
+    let long = "a".repeat(totpd::server::http::MAX_URI_BYTES + 1);
+
+    let r = d
+        .raw_unix("GET", &format!("/v1/sys/health?x={long}"), &[], None)
+        .await;
+    assert_eq!(r.status, 414, "{}", r.text);
+    assert!(r.vault_error().contains("URI too long"), "{}", r.text);
+    assert!(r.headers.contains_key("x-request-id"));
+    let r = d
+        .raw_unix("GET", &format!("/api/v2/totp/secrets?x={long}"), &[], None)
+        .await;
+    assert_eq!(
+        (r.status, &r.json["status"]),
+        (414, &json!("error")),
+        "{}",
+        r.text
+    );
+    assert!(r.headers.contains_key("x-request-id"));
+    // Just under the limit is served.
+    let fits = "a".repeat(totpd::server::http::MAX_URI_BYTES - "/v1/sys/health?x=".len());
+    let r = d
+        .raw_unix("GET", &format!("/v1/sys/health?x={fits}"), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Too many header fields.
+    let many: Vec<(String, String)> = (0..totpd::server::http::MAX_HEADERS + 1)
+        .map(|i| (format!("x-h{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, String)> = many.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let r = d.raw_unix("GET", "/v1/sys/health", &many, None).await;
+    assert_eq!(r.status, 431, "{}", r.text);
+    assert!(r.vault_error().contains("header"), "{}", r.text);
+    assert!(r.headers.contains_key("x-request-id"));
+    // One header too large, on the DRF surface.
+    let big = [("x-big", "b".repeat(totpd::server::http::MAX_HEADER_BYTES))];
+    let r = d
+        .raw_unix("POST", "/api/v1/auth/totp/setup", &big, None)
+        .await;
+    assert_eq!(r.status, 431, "{}", r.text);
+    assert!(r.json["detail"].is_string(), "{}", r.text);
+    assert!(r.headers.contains_key("x-request-id"));
+}

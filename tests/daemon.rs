@@ -456,7 +456,9 @@ async fn hcl_policies_are_kept_as_written_and_grant_what_they_say() {
 
     let tok = make_token(&app, json!({"policies": ["hcl"]})).await;
     let h = [("x-vault-token", tok)];
-    let r = app.tcp_req("GET", "/v1/sys/policies/acl/hcl", &h, None).await;
+    let r = app
+        .tcp_req("GET", "/v1/sys/policies/acl/hcl", &h, None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let r = app
         .tcp_req("DELETE", "/v1/sys/policies/acl/hcl", &h, None)
@@ -1372,7 +1374,12 @@ async fn tokens_renew_as_vault_within_their_caps() {
         let app = &app;
         async move {
             let r = app
-                .req("POST", "/v1/auth/token/create", Some(body), as_token.as_deref())
+                .req(
+                    "POST",
+                    "/v1/auth/token/create",
+                    Some(body),
+                    as_token.as_deref(),
+                )
                 .await;
             assert_eq!(r.status, 200, "{}", r.text);
             (
@@ -1384,8 +1391,13 @@ async fn tokens_renew_as_vault_within_their_caps() {
     let renew_self = |token: String, body: Value| {
         let app = &app;
         async move {
-            app.req("POST", "/v1/auth/token/renew-self", Some(body), Some(&token))
-                .await
+            app.req(
+                "POST",
+                "/v1/auth/token/renew-self",
+                Some(body),
+                Some(&token),
+            )
+            .await
         }
     };
 
@@ -1395,7 +1407,10 @@ async fn tokens_renew_as_vault_within_their_caps() {
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
         .await;
     assert_eq!(
-        (&r.json["data"]["renewable"], &r.json["data"]["creation_ttl"]),
+        (
+            &r.json["data"]["renewable"],
+            &r.json["data"]["creation_ttl"]
+        ),
         (&json!(true), &json!(3600))
     );
     // With an increment (the default policy allows renew-self)...
@@ -1406,7 +1421,11 @@ async fn tokens_renew_as_vault_within_their_caps() {
     let r = app
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
         .await;
-    assert!(near(r.json["data"]["ttl"].as_i64().unwrap(), 7200), "{}", r.text);
+    assert!(
+        near(r.json["data"]["ttl"].as_i64().unwrap(), 7200),
+        "{}",
+        r.text
+    );
     // ...and without one: the creation TTL again (hvac sends an empty body).
     let r = renew_self(tok.clone(), json!({})).await;
     assert!(near(lease(&r), 3600), "{}", r.text);
@@ -1473,7 +1492,11 @@ async fn tokens_renew_as_vault_within_their_caps() {
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&fixed))
         .await;
     assert_eq!(r.json["data"]["renewable"], false);
-    assert!(near(r.json["data"]["ttl"].as_i64().unwrap(), 3600), "{}", r.text);
+    assert!(
+        near(r.json["data"]["ttl"].as_i64().unwrap(), 3600),
+        "{}",
+        r.text
+    );
 
     // Bad input changes nothing: a negative increment, an unknown token.
     let r = renew_self(tok.clone(), json!({"increment": -5})).await;

@@ -233,9 +233,7 @@ async fn token_create(
     let cap = limits.cap(explicit_max_ttl);
     let expires_at = match req.ttl {
         Some(t) if t < 0 => return Err(VaultError::bad_request("ttl: must not be negative")),
-        Some(0) | None if explicit_max_ttl == 0 && policies.iter().any(|p| p == auth::ROOT) => {
-            None
-        }
+        Some(0) | None if explicit_max_ttl == 0 && policies.iter().any(|p| p == auth::ROOT) => None,
         Some(0) | None => Some(now.saturating_add(limits.default_ttl.min(cap))),
         Some(t) => Some(now.saturating_add(t.min(cap))),
     };
@@ -462,9 +460,7 @@ async fn token_renew_self(
         .token
         .as_ref()
         .and(auth::token_from_headers(&headers))
-        .ok_or_else(|| {
-            VaultError::bad_request("no token to renew: the caller is a socket peer")
-        })?;
+        .ok_or_else(|| VaultError::bad_request("no token to renew: the caller is a socket peer"))?;
     renew(&st, &who.request_id, &token, req.increment).await
 }
 

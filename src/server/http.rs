@@ -15,6 +15,42 @@ use crate::api::{self, now, AppState, Ctx};
 use crate::auth::{self, Peer};
 use crate::store::StoreError;
 
+/// Longest request target (path and query) served; longer gets 414 in the surface's
+/// shape. Below hyper's own limit (64 KiB), so a client always gets a shaped answer with
+/// a request id up to that point.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields in a request; more gets 431. Below hyper's own limit (100).
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes of header names and values in a request; more gets 431. Well below
+/// hyper's read buffer (about 400 KiB), past which hyper answers on its own.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The first of the request-size limits `req` breaks, as the answer's status and text.
+fn over_limits(req: &Request) -> Option<(StatusCode, String)> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some((
+            StatusCode::URI_TOO_LONG,
+            format!("request URI too long: {target} bytes, at most {MAX_URI_BYTES}"),
+        ));
+    }
+    let h = req.headers();
+    if h.len() > MAX_HEADERS {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("too many header fields: {}, at most {MAX_HEADERS}", h.len()),
+        ));
+    }
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request headers too large: {bytes} bytes, at most {MAX_HEADER_BYTES}"),
+        ));
+    }
+    None
+}
+
 /// Daemon facts the middleware needs beside the app state.
 #[derive(Clone)]
 struct MwState {
@@ -98,43 +134,17 @@ async fn middleware(State(st): State<MwState>, req: Request, next: Next) -> Resp
     serve_request(st, rid, req, next).instrument(span).await
 }
 
-async fn serve_request(st: MwState, rid: String, mut req: Request, next: Next) -> Response {
+async fn serve_request(st: MwState, rid: String, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
-    let token = auth::token_from_headers(req.headers());
-    let caller = auth::resolve(st.app.store.as_ref(), peer, token, st.daemon_uid, now()).await;
-    // A fault of ours is logged here, where its cause is known; overload is not a fault
-    // (the handler answers 503 and logs a warning).
-    match &caller {
-        Err(auth::AuthError::Store(StoreError::Unavailable | StoreError::Closed)) => {}
-        Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) => {
-            tracing::error!(error = %e, "cannot resolve caller");
-        }
-        _ => {}
-    }
-    let ctx = Ctx::new(rid.clone(), caller);
-    let entity = ctx.entity().unwrap_or("-").to_string();
     let method = req.method().clone();
-    req.extensions_mut().insert(ctx);
-
-    let path = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
-
-    // Extractor rejections (a bad query string, a path that is not UTF-8) come from the
-    // routing layer as text/plain; every client error leaves in its surface's shape.
-    let plain = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if resp.status().is_client_error() && plain {
-        let status = resp.status();
-        let text = axum::body::to_bytes(std::mem::take(resp.body_mut()), 4096)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-            .unwrap_or_default();
-        resp = api::error_for_path(&path, status, &text);
-    }
+    let (mut resp, entity) = match over_limits(&req) {
+        // Refused before any work: no caller is looked up for it.
+        Some((status, msg)) => (
+            api::error_for_path(req.uri().path(), status, &msg),
+            "-".to_string(),
+        ),
+        None => route(&st, &rid, req, next).await,
+    };
     // Overload is the only 503 there is, and it passes: say when to come back.
     if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
@@ -155,6 +165,46 @@ async fn serve_request(st: MwState, rid: String, mut req: Request, next: Next) -
         "request"
     );
     resp
+}
+
+/// Works out the caller and runs the router; returns the answer and the caller's entity
+/// for the log line.
+async fn route(st: &MwState, rid: &str, mut req: Request, next: Next) -> (Response, String) {
+    let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
+    let token = auth::token_from_headers(req.headers());
+    let caller = auth::resolve(st.app.store.as_ref(), peer, token, st.daemon_uid, now()).await;
+    // A fault of ours is logged here, where its cause is known; overload is not a fault
+    // (the handler answers 503 and logs a warning).
+    match &caller {
+        Err(auth::AuthError::Store(StoreError::Unavailable | StoreError::Closed)) => {}
+        Err(e @ (auth::AuthError::Store(_) | auth::AuthError::BadPolicy(..))) => {
+            tracing::error!(error = %e, "cannot resolve caller");
+        }
+        _ => {}
+    }
+    let ctx = Ctx::new(rid.to_string(), caller);
+    let entity = ctx.entity().unwrap_or("-").to_string();
+    req.extensions_mut().insert(ctx);
+
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+
+    // Extractor rejections (a bad query string, a path that is not UTF-8) come from the
+    // routing layer as text/plain; every client error leaves in its surface's shape.
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if resp.status().is_client_error() && plain {
+        let status = resp.status();
+        let text = axum::body::to_bytes(std::mem::take(resp.body_mut()), 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        resp = api::error_for_path(&path, status, &text);
+    }
+    (resp, entity)
 }
 
 #[cfg(test)]

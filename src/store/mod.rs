@@ -316,8 +316,7 @@ pub trait TokenStore {
     async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError>;
     /// A renewal: sets the expiry of the token with this hash to `expires_at`, if it is
     /// renewable, expires, and has not expired at `now`. False (nothing changed) if not.
-    async fn renew_token(&self, hash: &str, now: i64, expires_at: i64)
-        -> Result<bool, StoreError>;
+    async fn renew_token(&self, hash: &str, now: i64, expires_at: i64) -> Result<bool, StoreError>;
 }
 
 /// ACL policies written by operators (the built-in ones are not stored).

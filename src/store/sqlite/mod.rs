@@ -317,12 +317,7 @@ impl TokenStore for SqliteStore {
             .await
     }
 
-    async fn renew_token(
-        &self,
-        hash: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<bool, StoreError> {
+    async fn renew_token(&self, hash: &str, now: i64, expires_at: i64) -> Result<bool, StoreError> {
         let hash = hash.to_string();
         self.write(move |c| {
             Ok(c.execute(

@@ -220,15 +220,33 @@ pub fn default_socket(dev: bool, data_dir: &Path) -> PathBuf {
     }
 }
 
-/// Where a client looks for the socket when not told: the dev socket in the current
-/// directory if there is one, else the system default.
-pub fn client_socket() -> PathBuf {
-    let dev = Path::new("totpd-data").join("totpd.sock");
-    if dev.exists() {
-        dev
-    } else {
-        default_socket(false, Path::new("."))
+/// Every path a client looks at for the socket when not told (no `--socket`, no
+/// `TOTPD_SOCKET`), in order: the dev socket in the current directory, then the system
+/// default (`$RUNTIME_DIRECTORY/totpd.sock` when that is set, and
+/// `/run/totpd/totpd.sock`).
+pub fn client_socket_candidates() -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from("./totpd-data/totpd.sock")];
+    for p in [
+        default_socket(false, Path::new(".")),
+        PathBuf::from("/run/totpd/totpd.sock"),
+    ] {
+        if !out.contains(&p) {
+            out.push(p);
+        }
     }
+    out
+}
+
+/// Where a client connects when not told: the first of [`client_socket_candidates`]
+/// that exists, else the system default.
+pub fn client_socket() -> PathBuf {
+    let candidates = client_socket_candidates();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .or(candidates.last())
+        .cloned()
+        .unwrap_or_default()
 }
 
 impl ServeArgs {

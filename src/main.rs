@@ -12,6 +12,7 @@ use totpd::server::ServerError;
 
 /// Exit codes scripts can rely on.
 const EXIT_ERROR: u8 = 1; // the daemon answered with an error, or could not start
+const EXIT_USAGE: u8 = 2; // the command line asks for something that cannot be sent
 const EXIT_UNREACHABLE: u8 = 3; // no daemon answered on the socket
 
 #[derive(Parser)]
@@ -25,9 +26,10 @@ const EXIT_UNREACHABLE: u8 = 3; // no daemon answered on the socket
                   Start on development defaults:  totpd serve --dev"
 )]
 struct Cli {
-    /// The daemon's Unix socket. [default for clients: ./totpd-data/totpd.sock if present,
-    /// else $RUNTIME_DIRECTORY/totpd.sock, else /run/totpd/totpd.sock; for serve:
-    /// <data-dir>/totpd.sock with --dev, else the same system path]
+    /// The daemon's Unix socket. [default for clients: the first that exists of
+    /// ./totpd-data/totpd.sock, $RUNTIME_DIRECTORY/totpd.sock and /run/totpd/totpd.sock;
+    /// for serve: <data-dir>/totpd.sock with --dev, else $RUNTIME_DIRECTORY/totpd.sock or
+    /// /run/totpd/totpd.sock]
     #[arg(long, global = true, env = "TOTPD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// A token to send (clients only). Over the socket none is needed: your uid is
@@ -40,6 +42,11 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Print no confirmation (such as "Success! Uploaded policy: app") when a command
+    /// succeeds with nothing else to show (clients only). Ids, codes and --json output
+    /// are still printed.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,16 +170,15 @@ enum SecretCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = || {
-        Client::new(
-            cli.socket.clone().unwrap_or_else(config::client_socket),
-            cli.token.clone(),
-        )
+    let client = || match &cli.socket {
+        Some(s) => Client::new(s.clone(), cli.token.clone()),
+        None => Client::discover(cli.token.clone()),
     };
+    let quiet = cli.quiet;
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket),
-        Command::Secret(cmd) => run_client(secret(client(), cmd)),
-        Command::Nitride(cmd) => run_client(nitride(client(), cmd)),
+        Command::Secret(cmd) => run_client(secret(client(), cmd, quiet)),
+        Command::Nitride(cmd) => run_client(nitride(client(), cmd, quiet)),
         Command::Code {
             id,
             min_validity,
@@ -183,7 +189,7 @@ fn main() -> ExitCode {
             path,
             data,
             include,
-        } => run_client(api(client(), method, path, data, include)),
+        } => run_client(api(client(), method, path, data, include, quiet)),
     }
 }
 
@@ -205,6 +211,12 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(&e.to_string()),
     };
+    // A socket group that does not exist stops the start before anything is created.
+    if let (true, Some(g)) = (inherited.is_empty(), cfg.socket_group.as_deref()) {
+        if let Err(e) = totpd::server::listen::socket_gid(g) {
+            return fail(&e.to_string());
+        }
+    }
     // Worker threads one per core (tokio's default); blocking threads are few because
     // only bounded work goes there (opening and closing the store, at most two QR images
     // and at most two argon2 hashes at once): nothing a client does grows the thread count.
@@ -299,9 +311,13 @@ fn run_client(fut: impl std::future::Future<Output = Result<Printed, ClientError
             eprintln!("totpd: {msg}");
             ExitCode::from(EXIT_ERROR)
         }
-        Err(e @ ClientError::Connect { .. }) => {
+        Err(e) if e.is_unreachable() => {
             eprintln!("totpd: error: {e}");
             ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e @ ClientError::Usage(_)) => {
+            eprintln!("totpd: error: {e}");
+            ExitCode::from(EXIT_USAGE)
         }
         Err(e) => fail(&e.to_string()),
     }
@@ -313,6 +329,7 @@ async fn api(
     path: String,
     data: Option<String>,
     include: bool,
+    quiet: bool,
 ) -> Result<Printed, ClientError> {
     let body = match data.as_deref() {
         None => None,
@@ -332,8 +349,13 @@ async fn api(
     let reply = client
         .request(&method.to_ascii_uppercase(), &path, body)
         .await?;
-    let text = String::from_utf8_lossy(&reply.body).trim_end().to_string();
-    let out = if include {
+    let mut text = String::from_utf8_lossy(&reply.body).trim_end().to_string();
+    if reply.is_success() && text.is_empty() && !quiet {
+        text = confirmation(&method, &path, reply.status);
+    }
+    let out = if include && text.is_empty() {
+        format!("HTTP {}", reply.status)
+    } else if include {
         format!("HTTP {}\n{text}", reply.status)
     } else {
         text
@@ -347,6 +369,22 @@ async fn api(
             "the daemon answered HTTP {}",
             reply.status
         )))
+    }
+}
+
+/// What `totpd api` prints for a success without a body (a 204), as Vault's CLI does.
+fn confirmation(method: &str, path: &str, status: u16) -> String {
+    let method = method.to_ascii_uppercase();
+    let route = path.split(['?', '#']).next().unwrap_or_default();
+    let policy = route
+        .trim_end_matches('/')
+        .strip_prefix("/v1/sys/policies/acl/")
+        .filter(|name| !name.is_empty() && !name.contains('/'));
+    match (method.as_str(), policy) {
+        ("PUT" | "POST", Some(name)) => format!("Success! Uploaded policy: {name}"),
+        ("DELETE", Some(name)) => format!("Success! Deleted policy: {name}"),
+        ("DELETE", None) => format!("Success! Data deleted (if it existed) at: {route}"),
+        (m, _) => format!("Success! {m} {route}: HTTP {status}, no body"),
     }
 }
 
@@ -389,7 +427,27 @@ fn answer(reply: &totpd::client::Reply, json: bool, field: &[&str]) -> Printed {
     Printed::Ok(picked.as_str().unwrap_or_default().to_string())
 }
 
-async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> {
+/// A confirmation line, or nothing with `--quiet`.
+fn confirm(quiet: bool, line: String) -> Printed {
+    Printed::Ok(if quiet { String::new() } else { line })
+}
+
+/// The seed or URI to send: `-` reads it from standard input. Empty (as when `$SEED`
+/// was never set) is a usage error, said as such rather than sent.
+fn seed_arg(flag: &str, v: Option<String>) -> Result<Option<String>, ClientError> {
+    let from_stdin = v.as_deref() == Some("-");
+    let v = or_stdin(v)?;
+    match v {
+        Some(s) if s.trim().is_empty() => Err(ClientError::Usage(if from_stdin {
+            format!("{flag} -: standard input is empty (nothing was piped in)")
+        } else {
+            format!("{flag} is empty")
+        })),
+        other => Ok(other),
+    }
+}
+
+async fn secret(client: Client, cmd: SecretCmd, quiet: bool) -> Result<Printed, ClientError> {
     match cmd {
         SecretCmd::Add {
             uri,
@@ -403,8 +461,11 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> 
         } => {
             let mut body = serde_json::Map::new();
             let fields = [
-                ("uri", or_stdin(uri)?.map(serde_json::Value::from)),
-                ("secret", or_stdin(secret)?.map(serde_json::Value::from)),
+                ("uri", seed_arg("--uri", uri)?.map(serde_json::Value::from)),
+                (
+                    "secret",
+                    seed_arg("--secret", secret)?.map(serde_json::Value::from),
+                ),
                 ("label", label.map(serde_json::Value::from)),
                 ("issuer", issuer.map(serde_json::Value::from)),
                 ("algorithm", algorithm.map(serde_json::Value::from)),
@@ -417,7 +478,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> 
                 }
             }
             if !body.contains_key("uri") && !body.contains_key("secret") {
-                return Err(ClientError::Request("give --uri or --secret".into()));
+                return Err(ClientError::Usage("give --uri or --secret".into()));
             }
             let reply = client
                 .request(
@@ -466,7 +527,7 @@ async fn secret(client: Client, cmd: SecretCmd) -> Result<Printed, ClientError> 
             if !reply.is_success() {
                 return Ok(refusal(&reply));
             }
-            Ok(Printed::Ok(String::new()))
+            Ok(confirm(quiet, format!("Success! Deleted secret: {id}")))
         }
     }
 }
@@ -487,7 +548,7 @@ fn nitride_refusal(reply: &totpd::client::Reply) -> Printed {
     Printed::Refused(msg)
 }
 
-async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError> {
+async fn nitride(client: Client, cmd: NitrideCmd, quiet: bool) -> Result<Printed, ClientError> {
     let base = |mount: &str| format!("/v1/auth/{}/totp", path_segment(mount));
     match cmd {
         NitrideCmd::Create {
@@ -572,7 +633,10 @@ async fn nitride(client: Client, cmd: NitrideCmd) -> Result<Printed, ClientError
             if !reply.is_success() {
                 return Ok(nitride_refusal(&reply));
             }
-            Ok(Printed::Ok(String::new()))
+            Ok(confirm(
+                quiet,
+                format!("Success! Deleted token: {prefix} (mount {mount})"),
+            ))
         }
     }
 }

@@ -39,10 +39,39 @@ impl Listener {
     }
 }
 
+/// The gid of the socket group `group` (a name or a number). A name that does not exist
+/// is an error that says how to create the group or do without it.
+pub fn socket_gid(group: &str) -> Result<nix::unistd::Gid, ServerError> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => {
+            let sysusers = if group == "totpd" {
+                ", or install systemd/totpd.sysusers"
+            } else {
+                ""
+            };
+            Err(ServerError::Listen(format!(
+                "socket group {group:?} does not exist: create it (groupadd --system \
+                 {group}{sysusers}) or leave out socket_group (--socket-group, \
+                 TOTPD_SOCKET_GROUP)"
+            )))
+        }
+        Err(e) => Err(ServerError::Listen(format!(
+            "socket group {group:?}: cannot look it up: {e}"
+        ))),
+    }
+}
+
 /// Binds the Unix socket at `path`. A stale socket file is replaced only if nothing
 /// answers on it; a live daemon on that path is an error; a non-socket file is left alone.
+/// The group is looked up before anything is touched, and if the socket cannot be given
+/// its mode or group, its file is removed again: a failed start leaves no socket file.
 pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<Listener, ServerError> {
     let io = |e: std::io::Error| ServerError::Listen(format!("{}: {e}", path.display()));
+    let gid = group.map(socket_gid).transpose()?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServerError::Listen(format!(
@@ -62,21 +91,23 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<Listener
         }
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    if let Some(g) = group {
-        let gid = match g.parse::<u32>() {
-            Ok(n) => nix::unistd::Gid::from_raw(n),
-            Err(_) => {
-                nix::unistd::Group::from_name(g)
-                    .map_err(|e| ServerError::Listen(format!("socket group {g:?}: {e}")))?
-                    .ok_or_else(|| {
-                        ServerError::Listen(format!("socket group {g:?} does not exist"))
-                    })?
-                    .gid
-            }
-        };
-        nix::unistd::chown(path, None, Some(gid))
-            .map_err(|e| ServerError::Listen(format!("chgrp {}: {e}", path.display())))?;
+    let finish = || -> Result<(), ServerError> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        if let (Some(gid), Some(g)) = (gid, group) {
+            nix::unistd::chown(path, None, Some(gid)).map_err(|e| {
+                let hint = if e == nix::errno::Errno::EPERM {
+                    " (the daemon's user must be root or a member of that group)"
+                } else {
+                    ""
+                };
+                ServerError::Listen(format!("chgrp {g} {}: {e}{hint}", path.display()))
+            })?;
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(Listener::Unix {
         listener,

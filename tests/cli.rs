@@ -590,4 +590,6 @@ fn a_key_made_as_the_readme_says_is_taken_as_the_credential() {
     std::fs::write(&key, format!("{hex}\n")).unwrap();
     let err = serve_with_credentials(dir.path(), &creds).unwrap_err();
     assert!(err.contains("does not open database"), "{err}");
+    // The error names the key that was used: the credential, not the unused key file.
+    assert!(err.contains(&key.display().to_string()), "{err}");
 }

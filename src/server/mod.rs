@@ -61,13 +61,15 @@ pub async fn daemon(
         credentials_dir: cfg.credentials_dir.clone(),
         key_file: cfg.key_file.clone(),
     };
+    // Named in the error: under systemd the key is the credential, not the file.
+    let key_origin = keys.origin();
     let (opened, key) = tokio::task::spawn_blocking(move || SqliteStore::open_with_keys(&opts, &keys))
         .await
         .map_err(|e| ServerError::Io(e.to_string()))?
         .map_err(|e| match e {
             StoreError::WrongKey => ServerError::Config(format!(
                 "the key in {} does not open database {}: it is not the key this database was created with",
-                cfg.key_file.display(),
+                key_origin.display(),
                 cfg.db.display()
             )),
             other => ServerError::Store(other),

@@ -108,6 +108,12 @@ pub struct LoadedKey {
 }
 
 impl KeySource {
+    /// Where the key is read from: the systemd credential when there is one, else the
+    /// configured file.
+    pub fn origin(&self) -> PathBuf {
+        self.credential().unwrap_or_else(|| self.key_file.clone())
+    }
+
     fn credential(&self) -> Option<PathBuf> {
         self.credentials_dir
             .as_ref()

@@ -1516,3 +1516,30 @@ async fn tokens_renew_as_vault_within_their_caps() {
     let r = renew_self(forever, json!({})).await;
     assert_eq!((r.status, lease(&r)), (200, 0), "{}", r.text);
 }
+
+/// Found by review: a token's display_name had no bound and took control characters,
+/// which lookups then echo to people's terminals.
+#[tokio::test]
+async fn display_names_are_bounded_and_printable() {
+    let app = TestApp::new().await;
+    for name in [json!("x".repeat(129)), json!("ci\u{202e}"), json!("ci\n")] {
+        let r = app
+            .req(
+                "POST",
+                "/v1/auth/token/create",
+                Some(json!({"policies": ["default"], "display_name": name})),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{name}: {}", r.text);
+    }
+    let r = app
+        .req(
+            "POST",
+            "/v1/auth/token/create",
+            Some(json!({"policies": ["default"], "display_name": "x".repeat(128)})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

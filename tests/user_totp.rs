@@ -376,6 +376,12 @@ async fn refusals_in_drf_shapes() {
     assert_eq!(r.json["code"], "invalid");
     let r = post(&app, ALICE, "setup", Some(json!({"name": "default"}))).await;
     assert!(r.json["name"].is_array(), "{}", r.text);
+    // A device name with a control or bidi character is refused (review finding).
+    for bad in ["ph\u{202e}one", "ph\u{0007}one"] {
+        let r = post(&app, ALICE, "setup", Some(json!({ "name": bad }))).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text);
+        assert!(r.json["name"].is_array(), "{}", r.text);
+    }
     // Two pending devices: activate must be told which.
     setup(&app, ALICE, Some(json!({"name": "a"}))).await;
     setup(&app, ALICE, Some(json!({"name": "b"}))).await;

@@ -806,3 +806,62 @@ async fn a_code_accepted_before_a_restart_is_refused_after_it() {
         "replay after restart"
     );
 }
+
+/// Found by review: a long issuer made the default QR size too small (400 with no
+/// qr_size given); names and issuers took control and bidi characters.
+#[tokio::test]
+async fn the_default_qr_fits_any_issuer_and_names_refuse_control_characters() {
+    let app = TestApp::new().await;
+    // Left out, qr_size grows to what the method's codes need...
+    let issuer = "é".repeat(100);
+    let id = create_method(&app, json!({"issuer": issuer})).await;
+    let r = app.req("GET", &format!("{BASE}/{id}"), None, None).await;
+    assert!(
+        r.json["data"]["qr_size"].as_i64().unwrap() > 200,
+        "{}",
+        r.text
+    );
+    let r = app
+        .req(
+            "POST",
+            &format!("{BASE}/admin-generate"),
+            Some(json!({"method_id": id, "entity_id": "e".repeat(128)})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!r.json["data"]["barcode"].as_str().unwrap().is_empty());
+    // ...and a short issuer keeps Vault's 200.
+    let id = create_method(&app, json!({"issuer": "Acme"})).await;
+    let r = app.req("GET", &format!("{BASE}/{id}"), None, None).await;
+    assert_eq!(r.json["data"]["qr_size"], 200, "{}", r.text);
+    // Given explicitly, too small is still refused.
+    let r = app
+        .req(
+            "POST",
+            BASE,
+            Some(json!({"issuer": issuer, "qr_size": 100})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    for body in [
+        json!({"issuer": "Acme\u{202e}moc"}),
+        json!({"issuer": "Acme\u{0007}"}),
+        json!({"issuer": "Acme", "method_name": "m\u{202e}x"}),
+        json!({"issuer": "Acme", "method_name": "n".repeat(129)}),
+    ] {
+        let r = app.req("POST", BASE, Some(body.clone()), None).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+    }
+    let r = app
+        .req(
+            "POST",
+            BASE,
+            Some(json!({"issuer": "Acme", "method_name": "n".repeat(128)})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

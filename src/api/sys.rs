@@ -177,6 +177,9 @@ struct TokenCreate {
     explicit_max_ttl: Option<i64>,
 }
 
+/// Longest token `display_name`, in characters (before the `token-` prefix).
+const MAX_DISPLAY_NAME: usize = 128;
+
 fn yes() -> bool {
     true
 }
@@ -254,6 +257,13 @@ async fn token_create(
         None => uuid::Uuid::new_v4().to_string(),
     };
 
+    if let Some(n) = &req.display_name {
+        if n.chars().count() > MAX_DISPLAY_NAME || !super::fields::printable(n) {
+            return Err(VaultError::bad_request(format!(
+                "display_name: at most {MAX_DISPLAY_NAME} characters, without control characters"
+            )));
+        }
+    }
     let token = auth::new_token().map_err(|e| VaultError::internal(&e))?;
     let accessor = uuid::Uuid::new_v4().simple().to_string();
     let rec = TokenRecord {

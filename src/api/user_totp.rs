@@ -209,7 +209,7 @@ fn require(who: &Caller, op: &str, cap: Capability) -> Result<(), DrfError> {
 fn device_name(raw: Option<String>) -> Result<Option<String>, DrfError> {
     match raw.map(|n| n.trim().to_string()) {
         None => Ok(None),
-        Some(n) if n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) => {
+        Some(n) if n.is_empty() || n.chars().count() > 64 || !super::fields::printable(&n) => {
             Err(DrfError::field(
                 "name",
                 "A device name is 1 to 64 printable characters.",

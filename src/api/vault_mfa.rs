@@ -75,6 +75,11 @@ struct MethodReq {
 /// over 2048 pixels square is a memory sink.
 const KEY_SIZE: std::ops::RangeInclusive<i64> = 10..=64;
 const MAX_QR: i64 = 2048;
+/// Pixels of the QR image when `qr_size` is left out (Vault's default), or more when the
+/// method's codes need more.
+const DEFAULT_QR: i64 = 200;
+/// Longest `method_name`, in characters.
+const MAX_METHOD_NAME: usize = 128;
 const MAX_ISSUER: usize = 128;
 const MAX_ATTEMPTS: i64 = 100_000;
 
@@ -108,12 +113,15 @@ impl MethodReq {
             return bad("issuer: must be set");
         }
         // The otpauth label is "issuer:account"; a colon in the issuer would split it wrong.
-        if issuer.contains(':') || issuer.chars().count() > MAX_ISSUER {
+        if issuer.contains(':')
+            || issuer.chars().count() > MAX_ISSUER
+            || !super::fields::printable(&issuer)
+        {
             return bad(&format!(
-                "issuer: at most {MAX_ISSUER} characters, without ':'"
+                "issuer: at most {MAX_ISSUER} characters, without ':' or control characters"
             ));
         }
-        let qr_size = self.qr_size.unwrap_or(200);
+        let mut qr_size = self.qr_size.unwrap_or(DEFAULT_QR);
         if !(0..=MAX_QR).contains(&qr_size) {
             return bad(&format!(
                 "qr_size: must be from 0 (no image) to {MAX_QR}, not {qr_size}"
@@ -126,6 +134,13 @@ impl MethodReq {
             let longest_entity = ":".repeat(crate::auth::MAX_ENTITY_ID);
             let sample = uri::build(&issuer, &longest_entity, &sample_secret, &params);
             match qr::min_size(&sample) {
+                // Left to the default: as large as this method's codes need.
+                Ok(min) if qr_size < i64::from(min)
+                    && self.qr_size.is_none()
+                    && i64::from(min) <= MAX_QR =>
+                {
+                    qr_size = i64::from(min)
+                }
                 Ok(min) if qr_size < i64::from(min) => {
                     return bad(&format!("qr_size: {qr_size} is too small for this method's QR code, which needs at least {min} pixels"))
                 }
@@ -146,6 +161,13 @@ impl MethodReq {
             .method_name
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        if let Some(n) = &name {
+            if n.chars().count() > MAX_METHOD_NAME || !super::fields::printable(n) {
+                return bad(&format!(
+                    "method_name: at most {MAX_METHOD_NAME} characters, without control characters"
+                ));
+            }
+        }
         // The ranges checked above fit u32.
         Ok(MethodRecord {
             id,

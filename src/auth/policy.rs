@@ -65,6 +65,8 @@ pub enum PolicyError {
     Capability { path: String, cap: String },
     #[error("policy path {0:?}: '*' may only end a path")]
     Glob(String),
+    #[error("policy path {0:?}: '+' segment wildcards are not supported")]
+    Plus(String),
     #[error("policy is not valid HCL: line {line}, column {column}: {message}")]
     Hcl {
         line: usize,
@@ -138,6 +140,11 @@ impl Policy {
             };
             if p.contains('*') {
                 return Err(PolicyError::Glob(path));
+            }
+            // Vault reads `+` as "any one segment"; taken literally it would grant
+            // something other than what its author meant, so it is refused.
+            if p.split('/').any(|seg| seg == "+") {
+                return Err(PolicyError::Plus(path));
             }
             rules.push((p.trim_start_matches('/').to_string(), prefix, Caps(caps)));
         }
@@ -282,6 +289,10 @@ mod tests {
         assert!(matches!(
             Policy::parse(&json!({"path": {"a*b": {"capabilities": ["read"]}}})),
             Err(PolicyError::Glob(_))
+        ));
+        assert!(matches!(
+            Policy::parse(&json!({"path": {"secret/+/x": {"capabilities": ["read"]}}})),
+            Err(PolicyError::Plus(_))
         ));
         assert!(matches!(
             Policy::parse(&json!({"paths": {}})),

@@ -208,4 +208,5 @@ ORDER BY d.entity_id, d.created_at;
 ALTER TABLE tokens ADD COLUMN renewable INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tokens ADD COLUMN creation_ttl INTEGER NOT NULL DEFAULT 0;      -- seconds; 0 for none
 ALTER TABLE tokens ADD COLUMN explicit_max_ttl INTEGER NOT NULL DEFAULT 0;  -- seconds; 0 for none
+ALTER TABLE tokens ADD COLUMN last_renewal INTEGER;                         -- unix seconds; NULL if never renewed
 UPDATE tokens SET creation_ttl = expires_at - created_at WHERE expires_at IS NOT NULL;

@@ -1403,6 +1403,19 @@ async fn tokens_renew_as_vault_within_their_caps() {
 
     let (tok, r) = create(json!({"policies": ["default"], "ttl": "1h"}), None).await;
     assert_eq!(r.json["auth"]["renewable"], true, "{}", r.text);
+    assert_eq!(
+        (
+            &r.json["auth"]["num_uses"],
+            &r.json["auth"]["mfa_requirement"]
+        ),
+        (&json!(0), &Value::Null),
+        "{}",
+        r.text
+    );
+    let r = app
+        .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
+        .await;
+    assert!(r.json["data"].get("last_renewal").is_none(), "{}", r.text);
     let r = app
         .req("GET", "/v1/auth/token/lookup-self", None, Some(&tok))
         .await;
@@ -1426,6 +1439,13 @@ async fn tokens_renew_as_vault_within_their_caps() {
         "{}",
         r.text
     );
+    // As Vault: lookup-self shows the token as id, and the renewal once there was one.
+    assert_eq!(r.json["data"]["id"], tok);
+    assert!(r.json["data"]["last_renewal"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(r.json["data"]["last_renewal_time"].is_i64(), "{}", r.text);
     // ...and without one: the creation TTL again (hvac sends an empty body).
     let r = renew_self(tok.clone(), json!({})).await;
     assert!(near(lease(&r), 3600), "{}", r.text);

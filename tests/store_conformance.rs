@@ -212,6 +212,7 @@ fn token(hash: &str, accessor: &str, parent: Option<&str>, expires_at: Option<i6
         renewable: true,
         creation_ttl: expires_at.map_or(0, |e| e - NOW),
         explicit_max_ttl: 0,
+        last_renewal: None,
     }
 }
 
@@ -625,6 +626,7 @@ async fn case_token_renewal(b: &dyn Backend) {
         s.get_token("h-live", NOW).await.unwrap(),
         Some(TokenRecord {
             expires_at: Some(NOW + 600),
+            last_renewal: Some(NOW),
             ..live.clone()
         })
     );

@@ -281,6 +281,7 @@ async fn token_create(
         renewable: req.renewable,
         creation_ttl: expires_at.map_or(0, |e| e - now),
         explicit_max_ttl,
+        last_renewal: None,
     };
     st.store.create_token(&rec).await?;
     Ok(vault::auth(&who.request_id, auth_data(&token, &rec, now)))
@@ -299,12 +300,14 @@ fn auth_data(token: &str, t: &TokenRecord, now: i64) -> Value {
         "entity_id": t.entity_id,
         "token_type": "service",
         "orphan": t.parent.is_none(),
+        "mfa_requirement": null,
+        "num_uses": 0,
     })
 }
 
 /// A token's lookup data, with Vault's fields and types.
 fn lookup_data(t: &TokenRecord, now: i64) -> Value {
-    json!({
+    let mut data = json!({
         "accessor": t.accessor,
         "creation_time": t.created_at,
         "creation_ttl": t.creation_ttl,
@@ -321,15 +324,26 @@ fn lookup_data(t: &TokenRecord, now: i64) -> Value {
         "renewable": t.renewable,
         "ttl": t.expires_at.map_or(0, |e| (e - now).max(0)),
         "type": "service",
-    })
+    });
+    // As Vault: present once the token has been renewed.
+    if let Some(at) = t.last_renewal {
+        data["last_renewal"] = json!(rfc3339(at));
+        data["last_renewal_time"] = json!(at);
+    }
+    data
 }
 
-async fn token_lookup_self(State(st): State<AppState>, who: Caller) -> Res {
+async fn token_lookup_self(State(st): State<AppState>, who: Caller, headers: HeaderMap) -> Res {
     who.require("auth/token/lookup-self", Capability::Read)?;
     let now = now();
     let data = match &who.token {
         Some(t) => match st.store.get_token(&t.hash, now).await? {
-            Some(rec) => lookup_data(&rec, now),
+            Some(rec) => {
+                let mut data = lookup_data(&rec, now);
+                // As Vault: the caller's own token, which it sent, as `id`.
+                data["id"] = json!(auth::token_from_headers(&headers));
+                data
+            }
             None => return Err(VaultError::denied()),
         },
         // A socket peer without a token: say who the daemon thinks it is.
@@ -506,6 +520,7 @@ async fn renew(st: &AppState, request_id: &str, token: &str, increment: Option<i
         return Err(VaultError::bad_request("invalid token"));
     }
     rec.expires_at = Some(expires_at);
+    rec.last_renewal = Some(now);
     Ok(vault::auth(request_id, auth_data(token, &rec, now)))
 }
 
@@ -527,10 +542,7 @@ async fn policy_list(State(st): State<AppState>, who: Caller, Query(q): Query<Li
     keys.push(auth::DEFAULT.into());
     keys.push(auth::ROOT.into());
     keys.sort();
-    Ok(vault::ok(
-        &who.request_id,
-        json!({ "keys": keys, "policies": keys }),
-    ))
+    Ok(vault::ok(&who.request_id, json!({ "keys": keys })))
 }
 
 async fn policy_read(
@@ -635,6 +647,7 @@ mod tests {
             renewable: true,
             creation_ttl,
             explicit_max_ttl,
+            last_renewal: None,
         }
     }
 

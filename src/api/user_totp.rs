@@ -539,6 +539,7 @@ async fn verify(State(st): State<AppState>, extract::Json(req, _): Json<VerifyRe
         renewable: false,
         creation_ttl: st.login.login_ttl,
         explicit_max_ttl: 0,
+        last_renewal: None,
     };
     let temp_hash = auth::hash_token(req.temp_token.trim());
     let proof = Proof::Login {

@@ -161,6 +161,7 @@ pub async fn create_root_token(store: &dyn Store, now: i64) -> Result<String, Au
             renewable: false,
             creation_ttl: 0,
             explicit_max_ttl: 0,
+            last_renewal: None,
         })
         .await?;
     Ok(token)

@@ -108,6 +108,8 @@ pub struct TokenRecord {
     pub creation_ttl: i64,
     /// Seconds after creation that no renewal goes beyond (0: only the daemon's max TTL).
     pub explicit_max_ttl: i64,
+    /// When it was last renewed; `None` if never.
+    pub last_renewal: Option<i64>,
 }
 
 /// A Vault identity MFA TOTP method as stored.
@@ -314,8 +316,9 @@ pub trait TokenStore {
     async fn revoke_token(&self, hash: &str) -> Result<usize, StoreError>;
     /// As [`TokenStore::revoke_token`], for the token with this accessor.
     async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError>;
-    /// A renewal: sets the expiry of the token with this hash to `expires_at`, if it is
-    /// renewable, expires, and has not expired at `now`. False (nothing changed) if not.
+    /// A renewal: sets the expiry of the token with this hash to `expires_at` and its last
+    /// renewal to `now`, if it is renewable, expires, and has not expired at `now`.
+    /// False (nothing changed) if not.
     async fn renew_token(&self, hash: &str, now: i64, expires_at: i64) -> Result<bool, StoreError>;
 }
 

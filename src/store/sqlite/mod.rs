@@ -246,8 +246,8 @@ pub(super) fn insert_token(c: &Connection, t: &TokenRecord) -> Result<(), StoreE
     )?;
     c.execute(
         "INSERT INTO tokens (hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent,
-                             renewable, creation_ttl, explicit_max_ttl)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                             renewable, creation_ttl, explicit_max_ttl, last_renewal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             t.hash,
             t.accessor,
@@ -259,7 +259,8 @@ pub(super) fn insert_token(c: &Connection, t: &TokenRecord) -> Result<(), StoreE
             t.parent,
             t.renewable,
             t.creation_ttl,
-            t.explicit_max_ttl
+            t.explicit_max_ttl,
+            t.last_renewal
         ],
     )?;
     Ok(())
@@ -279,6 +280,7 @@ fn token_row(r: &rusqlite::Row) -> rusqlite::Result<(TokenRecord, String)> {
             renewable: r.get(8)?,
             creation_ttl: r.get(9)?,
             explicit_max_ttl: r.get(10)?,
+            last_renewal: r.get(11)?,
         },
         r.get(4)?,
     ))
@@ -321,7 +323,7 @@ impl TokenStore for SqliteStore {
         let hash = hash.to_string();
         self.write(move |c| {
             Ok(c.execute(
-                "UPDATE tokens SET expires_at = ?3
+                "UPDATE tokens SET expires_at = ?3, last_renewal = ?2
                  WHERE hash = ?1 AND renewable = 1 AND expires_at IS NOT NULL AND expires_at > ?2",
                 params![hash, now, expires_at],
             )? > 0)
@@ -340,7 +342,7 @@ fn live_token(
     let row = c
         .prepare_cached(&format!(
             "SELECT hash, accessor, entity_id, display_name, policies, created_at, expires_at, parent,
-                    renewable, creation_ttl, explicit_max_ttl
+                    renewable, creation_ttl, explicit_max_ttl, last_renewal
              FROM tokens WHERE {column} = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
         ))?
         .query_row(params![key, now], token_row)
@@ -527,6 +529,7 @@ mod tests {
             renewable: false,
             creation_ttl: 0,
             explicit_max_ttl: 0,
+            last_renewal: None,
         };
         s.create_token(&rec("h1")).await.unwrap();
         assert!(matches!(

@@ -492,7 +492,8 @@ impl UserTotpStore for SqliteStore {
 enum OwnedProof {
     Login {
         temp_hash: String,
-        login: crate::store::TokenRecord,
+        // Boxed: a token record is large beside the other variant.
+        login: Box<crate::store::TokenRecord>,
     },
     Owner {
         entity_id: String,
@@ -504,7 +505,7 @@ impl OwnedProof {
         match p {
             Proof::Login { temp_hash, login } => OwnedProof::Login {
                 temp_hash: temp_hash.to_string(),
-                login: (*login).clone(),
+                login: Box::new((*login).clone()),
             },
             Proof::Owner { entity_id } => OwnedProof::Owner {
                 entity_id: entity_id.to_string(),

@@ -1,5 +1,7 @@
 //! The `totpd` command: the daemon (`serve`) and a client for the daemon's socket.
 
+mod cli;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -210,3 +210,72 @@ ALTER TABLE tokens ADD COLUMN creation_ttl INTEGER NOT NULL DEFAULT 0;      -- s
 ALTER TABLE tokens ADD COLUMN explicit_max_ttl INTEGER NOT NULL DEFAULT 0;  -- seconds; 0 for none
 ALTER TABLE tokens ADD COLUMN last_renewal INTEGER;                         -- unix seconds; NULL if never renewed
 UPDATE tokens SET creation_ttl = expires_at - created_at WHERE expires_at IS NOT NULL;
+
+-- migrate: 8
+
+-- Views for operators at a `sqlite3` prompt. None shows secret material: no sealed
+-- column, no token or temp_token hash, no recovery-code hash. (policy_tokens_view and
+-- user_totp_view above show policy tokens and users.)
+
+-- Every TOTP secret with its owner, whichever surface holds it: surface, entity, the
+-- method (Vault MFA), label (agent) or device (user login), parameters and state.
+CREATE VIEW secrets_view AS
+SELECT CASE
+           WHEN m.secret_id IS NOT NULL THEN 'vault_mfa'
+           WHEN a.id IS NOT NULL THEN 'agent'
+           WHEN d.secret_id IS NOT NULL THEN 'user_totp'
+           ELSE 'orphan'
+       END AS surface,
+       coalesce(m.entity_id, a.entity_id, d.entity_id) AS entity,
+       coalesce(mm.name, m.method_id, a.label, d.name) AS method_or_label,
+       s.id AS secret_id,
+       s.algorithm,
+       s.digits,
+       s.period,
+       datetime(s.created_at, 'unixepoch') AS created,
+       datetime(s.last_step * s.period, 'unixepoch') AS last_accepted,
+       s.failures,
+       CASE WHEN s.locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+            THEN 'locked' ELSE 'open' END AS lock
+FROM otp_secrets s
+LEFT JOIN mfa_secrets m ON m.secret_id = s.id
+LEFT JOIN mfa_methods mm ON mm.id = m.method_id
+LEFT JOIN agent_secrets a ON a.id = s.id
+LEFT JOIN user_devices d ON d.secret_id = s.id
+ORDER BY surface, entity, s.created_at;
+
+-- Current lockouts: secrets locked after too many failures, and login-step users locked
+-- across their devices, with when the lock ends.
+CREATE VIEW lockouts_view AS
+SELECT v.surface, v.entity, v.method_or_label AS what, v.failures,
+       datetime(s.locked_until, 'unixepoch') AS locked_until
+FROM secrets_view v JOIN otp_secrets s ON s.id = v.secret_id
+WHERE s.locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+UNION ALL
+SELECT 'user_totp', entity_id, '(every device)', failures,
+       datetime(locked_until, 'unixepoch')
+FROM user_locks
+WHERE locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+ORDER BY 5;
+
+-- Secrets per entity and method (or surface, for agents and login users).
+CREATE VIEW secrets_per_entity_view AS
+SELECT surface, entity, method_or_label, count(*) AS secrets
+FROM secrets_view
+GROUP BY surface, entity, method_or_label
+ORDER BY surface, entity, method_or_label;
+
+-- API tokens by policy and expiry: one row per (token, policy), never the token or its
+-- hash; the accessor is the public handle `auth/token/lookup-accessor` takes.
+CREATE VIEW tokens_view AS
+SELECT p.value AS policy,
+       t.accessor,
+       t.display_name,
+       t.entity_id AS entity,
+       datetime(t.created_at, 'unixepoch') AS created,
+       coalesce(datetime(t.expires_at, 'unixepoch'), 'never') AS expires,
+       CASE WHEN t.renewable = 1 THEN 'yes' ELSE 'no' END AS renewable,
+       coalesce(t.parent, '-') AS parent
+FROM tokens t, json_each(t.policies) p
+WHERE t.expires_at IS NULL OR t.expires_at > CAST(strftime('%s', 'now') AS INTEGER)
+ORDER BY p.value, t.expires_at IS NULL, t.expires_at;

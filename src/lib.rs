@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod otp;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The daemon's counters. One per process, shared through the app state.
@@ -18,6 +18,19 @@ pub struct Metrics {
     hashes_peak: AtomicU64,
     /// Verifications by (surface, outcome).
     verifications: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Whether the kernel keeps the clock synchronized: 1, 0, or -1 unknown (the
+    /// default, until the clock watcher first looks).
+    clock_sync: ClockSync,
+    /// Backwards jumps of the wall clock larger than one period.
+    clock_jumps: AtomicU64,
+}
+
+struct ClockSync(AtomicI64);
+
+impl Default for ClockSync {
+    fn default() -> Self {
+        ClockSync(AtomicI64::new(-1))
+    }
 }
 
 impl Metrics {
@@ -53,6 +66,17 @@ impl Metrics {
         if let Ok(mut m) = self.verifications.lock() {
             *m.entry((surface, outcome)).or_default() += 1;
         }
+    }
+
+    /// Records what the kernel says of the clock (`None`: it would not say).
+    pub fn clock_synchronized(&self, synced: Option<bool>) {
+        let v = synced.map_or(-1, i64::from);
+        self.clock_sync.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Counts one backwards jump of the wall clock.
+    pub fn clock_jump_backwards(&self) {
+        self.clock_jumps.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -99,6 +123,24 @@ impl Metrics {
                 );
             }
         }
+        out.push_str(
+            "# HELP totpd_clock_synchronized 1 if the kernel keeps the clock synchronized, 0 if not, -1 if it would not say.\n",
+        );
+        out.push_str("# TYPE totpd_clock_synchronized gauge\n");
+        let _ = writeln!(
+            out,
+            "totpd_clock_synchronized {}",
+            self.clock_sync.0.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP totpd_clock_jumps_backwards_total Backwards jumps of the wall clock by more than one period.\n",
+        );
+        out.push_str("# TYPE totpd_clock_jumps_backwards_total counter\n");
+        let _ = writeln!(
+            out,
+            "totpd_clock_jumps_backwards_total {}",
+            self.clock_jumps.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -130,5 +172,11 @@ mod tests {
         assert!(text.contains("totpd_requests_total{class=\"4xx\"} 1\n"));
         assert!(text
             .contains("totpd_verifications_total{surface=\"vault_mfa\",outcome=\"replay\"} 2\n"));
+        assert!(text.contains("totpd_clock_synchronized -1\n"));
+        m.clock_synchronized(Some(true));
+        m.clock_jump_backwards();
+        let text = m.render();
+        assert!(text.contains("totpd_clock_synchronized 1\n"));
+        assert!(text.contains("totpd_clock_jumps_backwards_total 1\n"));
     }
 }

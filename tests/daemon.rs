@@ -1563,3 +1563,25 @@ async fn display_names_are_bounded_and_printable() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// TOTP is only as right as the clock: health says whether the kernel keeps it in sync,
+/// and metrics carry the same, once the daemon's clock watcher has looked.
+#[tokio::test]
+async fn health_and_metrics_show_whether_the_clock_is_synchronized() {
+    let d = Daemon::start();
+    let r = d.req("GET", "/v1/sys/health", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Outside a seccomp filter the kernel answers: true or false, as it is here.
+    assert_eq!(
+        r.json["clock_synchronized"],
+        totpd::clock::synchronized().unwrap(),
+        "{}",
+        r.text
+    );
+    let m = d.req("GET", "/v1/sys/metrics", None, None).await;
+    let want = format!(
+        "totpd_clock_synchronized {}\n",
+        i64::from(totpd::clock::synchronized().unwrap())
+    );
+    assert!(m.text.contains(&want), "{}", m.text);
+}

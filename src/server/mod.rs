@@ -89,14 +89,17 @@ pub async fn daemon(
             .with_mounts(mounts)
             .with_login(cfg.login.clone())
             .with_tokens(cfg.tokens);
+        let metrics = state.metrics.clone();
         let app = http::app(state, nix::unistd::getuid().as_raw());
         let limits = ConnLimits {
             header_timeout: cfg.header_timeout,
             max_connections: cfg.max_connections,
         };
         let purge = api::nitride::spawn_purge(store.clone(), cfg.purge_interval);
+        let clock = crate::clock::spawn_watch(metrics);
         run(listeners, app, limits, shutdown).await;
         purge.abort();
+        clock.abort();
         Ok(())
     }
     .await;

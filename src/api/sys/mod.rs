@@ -63,6 +63,8 @@ async fn health() -> Response {
         "standby": false,
         "version": env!("CARGO_PKG_VERSION"),
         "server_time_utc": now(),
+        // TOTP is only as right as the clock; null when the kernel would not say.
+        "clock_synchronized": crate::clock::synchronized(),
     }))
     .into_response()
 }

@@ -122,6 +122,26 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Reply, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.broken(&e))?
+            .to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    /// Sends one request and returns the answer with its body still to be read, for
+    /// answers too large to hold in memory (a backup); read it with
+    /// [`http_body_util::BodyExt::frame`], and report a failure with [`Client::broken`].
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
         let mut req = hyper::Request::builder().method(method).uri(uri);
         if body.is_some() {
@@ -133,22 +153,18 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Request(e.to_string()))?;
-        let resp = self
-            .http
+        self.http
             .request(req)
             .await
-            .map_err(|e| self.connect_error(io_error(&e), error_chain(&e)))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Connect {
-                socket: self.socket.clone(),
-                reason: e.to_string(),
-            })?
-            .to_bytes();
-        Ok(Reply { status, body })
+            .map_err(|e| self.connect_error(io_error(&e), error_chain(&e)))
+    }
+
+    /// The error for an answer whose body broke off half way.
+    pub fn broken(&self, e: &dyn std::fmt::Display) -> ClientError {
+        ClientError::Connect {
+            socket: self.socket.clone(),
+            reason: e.to_string(),
+        }
     }
 }
 

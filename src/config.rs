@@ -98,10 +98,33 @@ pub struct ServeArgs {
     /// session cannot turn two-factor off. Off by default, as the seed's clients send none.
     #[arg(long, env = "TOTPD_DEACTIVATE_NEEDS_CODE")]
     pub deactivate_needs_code: bool,
+    /// Where the audit log goes: one JSON line per decision (validations, enrolments,
+    /// admin actions, tokens). `journal`: a line on stderr with the target totpd::audit;
+    /// `file`: appended to --audit-file. [default: file with --audit-file, else off with
+    /// --dev, else journal]
+    #[arg(long, env = "TOTPD_AUDIT", value_name = "SINK")]
+    pub audit: Option<crate::audit::SinkKind>,
+    /// The audit file: appended to, created 0600, reopened on SIGHUP (for logrotate).
+    /// Implies --audit file. [default with --audit file: $LOGS_DIRECTORY/audit.log, else
+    /// <data-dir>/audit.log]
+    #[arg(long, env = "TOTPD_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// When the audit file cannot be written: `open` lets the decision proceed (the line
+    /// goes to stderr, a metric counts it, health says audit_ok: false); `closed` answers
+    /// 503 instead. [default: open]
+    #[arg(long, env = "TOTPD_AUDIT_FAIL", value_name = "MODE")]
+    pub audit_fail: Option<crate::audit::FailMode>,
     /// Development defaults: everything under ./totpd-data, and a root token written to
     /// <data-dir>/root-token and printed on first start.
     #[arg(long, env = "TOTPD_DEV")]
     pub dev: bool,
+    /// Values a key rotation re-seals per write operation. Hidden: for tests, which slow
+    /// a rotation down to stop it half way. [default: 200]
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rotate_batch: Option<u32>,
+    /// Milliseconds a key rotation waits between batches. Hidden: for tests. [default: 0]
+    #[arg(long, hide = true, value_name = "MS")]
+    pub rotate_pause_ms: Option<u64>,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -156,6 +179,9 @@ struct FileConfig {
     login_policies: Option<Vec<String>>,
     login_ttl: Option<toml::Value>,
     deactivate_needs_code: Option<bool>,
+    audit: Option<crate::audit::SinkKind>,
+    audit_file: Option<PathBuf>,
+    audit_fail: Option<crate::audit::FailMode>,
     dev: Option<bool>,
 }
 
@@ -198,6 +224,26 @@ pub struct ServeConfig {
     pub login: crate::api::user_totp::Settings,
     /// Default and max token lifetimes.
     pub tokens: crate::api::sys::TokenSettings,
+    /// A key rotation's values per batch and pause between batches (hidden flags, for
+    /// tests); None for the store's defaults.
+    pub rotate_batch: Option<usize>,
+    pub rotate_pause: Option<std::time::Duration>,
+    /// The audit log's sink and failure mode.
+    pub audit: crate::audit::Config,
+}
+
+impl ServeConfig {
+    /// Where the daemon loads its sealing keys: the systemd credential
+    /// (`$CREDENTIALS_DIRECTORY/totpd.key`) when there is one, else the key file
+    /// (`--key-file`, default `<data-dir>/totpd.key`). `serve` opens the database with
+    /// it, and `restore` checks a backup against it, so both see the same key.
+    pub fn key_source(&self) -> crate::store::KeySource {
+        crate::store::KeySource {
+            allow_group_readable: self.key_group_readable,
+            credentials_dir: self.credentials_dir.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 /// The default socket path when none is given: with a dev data dir present, its socket;
@@ -247,6 +293,37 @@ pub fn client_socket() -> PathBuf {
         .or(candidates.last())
         .cloned()
         .unwrap_or_default()
+}
+
+/// The audit sink: as named; else a file when a path is given; else off with `--dev`
+/// (a terminal has the request log) and the journal without. A file sink without a path
+/// writes `audit.log` in systemd's logs directory, else in the data directory.
+fn audit_config(
+    kind: Option<crate::audit::SinkKind>,
+    path: Option<PathBuf>,
+    fail: crate::audit::FailMode,
+    dev: bool,
+    data_dir: &Path,
+) -> crate::audit::Config {
+    use crate::audit::{Sink, SinkKind};
+    let kind = kind.unwrap_or(match (&path, dev) {
+        (Some(_), _) => SinkKind::File,
+        (None, true) => SinkKind::Off,
+        (None, false) => SinkKind::Journal,
+    });
+    let sink = match kind {
+        SinkKind::Off => Sink::Off,
+        SinkKind::Journal => Sink::Journal,
+        SinkKind::File => Sink::File(path.unwrap_or_else(|| {
+            let logs = std::env::var_os("LOGS_DIRECTORY").and_then(|d| {
+                let first = d.to_string_lossy().split(':').next()?.to_string();
+                (!first.is_empty()).then(|| PathBuf::from(first))
+            });
+            logs.unwrap_or_else(|| data_dir.to_path_buf())
+                .join("audit.log")
+        })),
+    };
+    crate::audit::Config { sink, fail }
 }
 
 impl ServeArgs {
@@ -312,6 +389,13 @@ impl ServeArgs {
             deactivate_needs_code: self.deactivate_needs_code
                 || file.deactivate_needs_code.unwrap_or(false),
         };
+        let audit = audit_config(
+            self.audit.or(file.audit),
+            self.audit_file.clone().or(file.audit_file),
+            self.audit_fail.or(file.audit_fail).unwrap_or_default(),
+            dev,
+            &data_dir,
+        );
         let socket_mode = match (self.socket_mode, file.socket_mode) {
             (Some(m), _) => m,
             (None, Some(s)) => parse_octal(&s).map_err(|e| format!("config socket_mode: {e}"))?,
@@ -368,6 +452,9 @@ impl ServeArgs {
             purge_interval: std::time::Duration::from_secs(purge_interval),
             login,
             tokens,
+            rotate_batch: self.rotate_batch.map(|n| n as usize),
+            rotate_pause: self.rotate_pause_ms.map(std::time::Duration::from_millis),
+            audit,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             data_dir,
         })
@@ -440,6 +527,74 @@ mod tests {
             ("totpd", 300, 86_400)
         );
         assert!(!c.login.deactivate_needs_code);
+    }
+
+    #[test]
+    fn audit_sink_defaults_and_precedence() {
+        use crate::audit::{FailMode, Sink, SinkKind};
+        let resolve = |args: ServeArgs| args.resolve(None).unwrap().audit;
+        // Without --dev: the journal; with --dev: off; a path alone: that file.
+        let c = resolve(ServeArgs {
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        });
+        assert_eq!((c.sink, c.fail), (Sink::Journal, FailMode::Open));
+        let dev = ServeArgs {
+            dev: true,
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(dev.clone()).sink, Sink::Off);
+        let c = resolve(ServeArgs {
+            audit_file: Some("/var/log/a.log".into()),
+            audit_fail: Some(FailMode::Closed),
+            ..dev.clone()
+        });
+        assert_eq!(c.sink, Sink::File("/var/log/a.log".into()));
+        assert_eq!(c.fail, FailMode::Closed);
+        // A file sink without a path writes audit.log beside the database (no
+        // LOGS_DIRECTORY in tests); a named sink wins over a path.
+        if std::env::var_os("LOGS_DIRECTORY").is_none() {
+            let c = resolve(ServeArgs {
+                audit: Some(SinkKind::File),
+                ..dev.clone()
+            });
+            assert_eq!(c.sink, Sink::File("/d/audit.log".into()));
+        }
+        let c = resolve(ServeArgs {
+            audit: Some(SinkKind::Journal),
+            audit_file: Some("/x".into()),
+            ..dev.clone()
+        });
+        assert_eq!(c.sink, Sink::Journal);
+        // The config file's keys, under the flags.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "audit = \"file\"\naudit_file = \"/f.log\"\naudit_fail = \"closed\"\n",
+        )
+        .unwrap();
+        let file = ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = resolve(file.clone());
+        assert_eq!(
+            (c.sink, c.fail),
+            (Sink::File("/f.log".into()), FailMode::Closed)
+        );
+        let c = resolve(ServeArgs {
+            audit: Some(SinkKind::Off),
+            ..file
+        });
+        assert_eq!(c.sink, Sink::Off);
+        std::fs::write(&f, "audit = \"syslog\"\n").unwrap();
+        let bad = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        };
+        assert!(bad.resolve(None).unwrap_err().contains("audit"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! [`client`] is the CLI's way to the daemon over the Unix socket.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod clock;
@@ -17,3 +18,4 @@ pub mod metrics;
 pub mod otp;
 pub mod server;
 pub mod store;
+pub mod transfer;

@@ -56,7 +56,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Store, list and delete TOTP secrets (the authenticator app for agents).
     #[command(subcommand)]
     Secret(SecretCmd),
@@ -75,6 +75,36 @@ enum Command {
     /// auth/<mount>/totp: root over the socket has it).
     #[command(subcommand)]
     Nitride(NitrideCmd),
+    /// Vault identity MFA methods: unlock an entity's locked secret.
+    #[command(subcommand)]
+    Mfa(cli::unlock::MfaCmd),
+    /// Users of the login step: unlock a locked user.
+    #[command(subcommand)]
+    User(cli::unlock::UserCmd),
+    /// Write a consistent copy of the database to PATH while the daemon runs (needs
+    /// sudo on sys/backup: root over the socket has it); with --data-dir, copy the file
+    /// itself while the daemon is stopped. PATH is written 0600, whole or not at all.
+    Backup(cli::backup::BackupArgs),
+    /// Replace the database of a stopped daemon with a backup, after checking it
+    /// (integrity, and that it opens with that daemon's key); the replaced database is
+    /// kept beside it as totpd.db.replaced-<time>.
+    Restore(cli::backup::RestoreArgs),
+    /// Show the daemon's version, uptime, database size and rows, writer queue, key id,
+    /// last backup and clock (needs read on sys/status: root over the socket has it).
+    Status(cli::status::StatusArgs),
+    /// Write the TOTP secrets of one entity (--entity) or of every one (--all), opened:
+    /// otpauth URIs, one per line (--format uris, the default), or an encrypted bundle
+    /// (--format bundle --passphrase-file FILE). Needs sudo on sys/export (root over the
+    /// socket has it). -o FILE is written 0600, whole or not at all.
+    Export(cli::export::ExportArgs),
+    /// Create, in one transaction, what is missing of a file `totpd export` wrote (URIs
+    /// or a bundle); existing secrets are skipped, never overwritten. Needs sudo on
+    /// sys/import. Exit 1 if any entry is refused (the rest is imported).
+    Import(cli::export::ImportArgs),
+    /// The sealing keys: make a key ring, rotate to its current key, see which key ids
+    /// the sealed values use.
+    #[command(subcommand)]
+    Key(cli::keys::KeyCmd),
     /// Send one raw request to the daemon over the socket and print the answer body,
     /// like curl --unix-socket. Example: totpd api GET /v1/sys/health
     Api {
@@ -178,7 +208,7 @@ fn main() -> ExitCode {
     };
     let quiet = cli.quiet;
     match cli.command {
-        Command::Serve(args) => serve(args, cli.socket),
+        Command::Serve(args) => serve(*args, cli.socket),
         Command::Secret(cmd) => run_client(secret(client(), cmd, quiet)),
         Command::Nitride(cmd) => run_client(nitride(client(), cmd, quiet)),
         Command::Code {
@@ -192,12 +222,29 @@ fn main() -> ExitCode {
             data,
             include,
         } => run_client(api(client(), method, path, data, include, quiet)),
+        Command::Backup(args) => run_client(cli::backup::backup(client(), args, quiet)),
+        Command::Restore(args) => run_client(async move { cli::backup::restore(args, quiet) }),
+        Command::Status(args) => run_client(cli::status::status(client(), args)),
+        Command::Export(args) => run_client(cli::export::export(client(), args, quiet)),
+        Command::Import(args) => run_client(cli::export::import(client(), args, quiet)),
+        Command::Key(cli::keys::KeyCmd::Generate { ring, id }) => {
+            run_client(async move { cli::keys::generate(ring, id) })
+        }
+        Command::Key(cmd) => run_client(cli::keys::key(client(), cmd, quiet)),
+        Command::Mfa(cmd) => run_client(cli::unlock::mfa(client(), cmd, quiet)),
+        Command::User(cmd) => run_client(cli::unlock::user(client(), cmd, quiet)),
     }
 }
 
 fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOTPD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // Audit lines (--audit journal, and the audit file's fallback) whatever TOTPD_LOG says.
+        .add_directive(
+            format!("{}=info", totpd::audit::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -257,10 +304,12 @@ fn limit_malloc_arenas() {
 /// argon2 hashes their semaphores allow, so a flood of one never starves the other.
 const MAX_BLOCKING_THREADS: usize = 4;
 
-/// SIGTERM and SIGINT: either one stops the daemon cleanly.
+/// SIGTERM and SIGINT: either one stops the daemon cleanly. SIGHUP reopens the audit
+/// file (after logrotate moved it away).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -271,13 +320,20 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).map_err(err)?,
             int: signal(SignalKind::interrupt()).map_err(err)?,
+            hup: signal(SignalKind::hangup()).map_err(err)?,
         })
     }
 
     async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM"),
-            _ = self.int.recv() => tracing::info!("SIGINT"),
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return tracing::info!("SIGTERM"),
+                _ = self.int.recv() => return tracing::info!("SIGINT"),
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reopening the audit file");
+                    totpd::audit::reopen();
+                }
+            }
         }
     }
 }

@@ -23,6 +23,19 @@ pub struct Metrics {
     clock_sync: ClockSync,
     /// Backwards jumps of the wall clock larger than one period.
     clock_jumps: AtomicU64,
+    /// When the daemon started (when its app state was made), for `sys/status`.
+    started: Started,
+    /// Audit lines the audit file did not take (each went to stderr instead).
+    audit_write_failures: AtomicU64,
+}
+
+/// The moment a [`Metrics`] was made.
+struct Started(std::time::Instant);
+
+impl Default for Started {
+    fn default() -> Self {
+        Started(std::time::Instant::now())
+    }
 }
 
 struct ClockSync(AtomicI64);
@@ -72,6 +85,16 @@ impl Metrics {
     pub fn clock_synchronized(&self, synced: Option<bool>) {
         let v = synced.map_or(-1, i64::from);
         self.clock_sync.0.store(v, Ordering::Relaxed);
+    }
+
+    /// How long the daemon has been up (since its app state was made).
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.0.elapsed()
+    }
+
+    /// Counts one audit line the audit file did not take.
+    pub fn audit_write_failure(&self) {
+        self.audit_write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one backwards jump of the wall clock.
@@ -141,8 +164,153 @@ impl Metrics {
             "totpd_clock_jumps_backwards_total {}",
             self.clock_jumps.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP totpd_audit_write_failures_total Audit lines the audit file did not take (each went to stderr instead).\n");
+        out.push_str("# TYPE totpd_audit_write_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "totpd_audit_write_failures_total {}",
+            self.audit_write_failures.load(Ordering::Relaxed)
+        );
         out
     }
+}
+
+/// Locks begun since the store opened, by surface (the store counts them: only it sees
+/// the attempt that reaches the limit).
+pub fn render_lockouts(l: &crate::store::Lockouts) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP totpd_lockouts_total Locks begun: consecutive failures reached the limit.\n",
+    );
+    out.push_str("# TYPE totpd_lockouts_total counter\n");
+    for (surface, n) in [("user_totp", l.user_totp), ("vault_mfa", l.vault_mfa)] {
+        let _ = writeln!(out, "totpd_lockouts_total{{surface=\"{surface}\"}} {n}");
+    }
+    out
+}
+
+/// Sealed values per key id, as the store last counted them (at start, on `GET
+/// /v1/sys/keys`, and by a key rotation as it goes): no query per scrape.
+pub fn render_sealed_rows(counts: &std::collections::BTreeMap<u8, u64>) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP totpd_sealed_rows Sealed values per sealing key id, as last counted (start, key status, rotation).\n",
+    );
+    out.push_str("# TYPE totpd_sealed_rows gauge\n");
+    for (id, n) in counts {
+        let _ = writeln!(out, "totpd_sealed_rows{{key_id=\"{id}\"}} {n}");
+    }
+    out
+}
+
+/// Upper bounds of the buckets of the writer's batch-size histogram: powers of two up to
+/// the writer's largest batch (256 operations in one transaction).
+pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// A histogram of counts with fixed bucket bounds, updated with atomics only, so a hot
+/// path (the writer, once per batch) pays a few relaxed additions and no lock.
+pub struct CountHistogram {
+    bounds: &'static [u64],
+    /// Observations per bucket (not cumulative); the last one is past every bound.
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+impl CountHistogram {
+    /// An empty histogram with these upper bounds (ascending).
+    pub fn new(bounds: &'static [u64]) -> Self {
+        CountHistogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one observation of `v`.
+    pub fn observe(&self, v: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// What it holds now.
+    pub fn snapshot(&self) -> Histogram {
+        Histogram {
+            bounds: self.bounds.to_vec(),
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A histogram as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending.
+    pub bounds: Vec<u64>,
+    /// Observations per bucket (not cumulative): one more entry than `bounds`, the last
+    /// for observations past every bound.
+    pub counts: Vec<u64>,
+    /// The sum of every observation.
+    pub sum: u64,
+}
+
+impl Histogram {
+    /// How many observations it holds.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The store's gauges, read when metrics are rendered (cheap: two loads and a `stat`):
+/// the writer's queue depth and batch sizes, and the database's size on disk.
+pub fn render_store(queue_depth: u64, batch_sizes: &Histogram, database_bytes: u64) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP totpd_writer_queue_depth Write operations waiting for the writer thread.\n",
+    );
+    out.push_str("# TYPE totpd_writer_queue_depth gauge\n");
+    let _ = writeln!(out, "totpd_writer_queue_depth {queue_depth}");
+    out.push_str(
+        "# HELP totpd_writer_batch_size Write operations committed together in one transaction.\n",
+    );
+    out.push_str("# TYPE totpd_writer_batch_size histogram\n");
+    // Prometheus buckets are cumulative; the count is the buckets' own sum, so the
+    // exposition agrees with itself even if a batch lands while it is read.
+    let mut cumulative = 0;
+    for (i, n) in batch_sizes.counts.iter().enumerate() {
+        cumulative += n;
+        match batch_sizes.bounds.get(i) {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "totpd_writer_batch_size_bucket{{le=\"{b}\"}} {cumulative}"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "totpd_writer_batch_size_bucket{{le=\"+Inf\"}} {cumulative}"
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "totpd_writer_batch_size_sum {}", batch_sizes.sum);
+    let _ = writeln!(out, "totpd_writer_batch_size_count {cumulative}");
+    out.push_str(
+        "# HELP totpd_database_bytes Bytes the database takes on disk (main file and write-ahead log).\n",
+    );
+    out.push_str("# TYPE totpd_database_bytes gauge\n");
+    let _ = writeln!(out, "totpd_database_bytes {database_bytes}");
+    out
 }
 
 /// Marks the end of an argon2 job when dropped (see [`Metrics::hash_running`]).
@@ -157,6 +325,41 @@ impl Drop for HashGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_sizes_render_as_a_cumulative_histogram() {
+        let h = CountHistogram::new(BATCH_SIZE_BOUNDS);
+        for v in [1, 1, 3, 256, 300] {
+            h.observe(v);
+        }
+        let snap = h.snapshot();
+        assert_eq!((snap.count(), snap.sum), (5, 561));
+        let text = render_store(7, &snap, 4096);
+        assert!(text.contains("totpd_writer_queue_depth 7\n"), "{text}");
+        assert!(
+            text.contains("totpd_writer_batch_size_bucket{le=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("totpd_writer_batch_size_bucket{le=\"2\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("totpd_writer_batch_size_bucket{le=\"4\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("totpd_writer_batch_size_bucket{le=\"256\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("totpd_writer_batch_size_bucket{le=\"+Inf\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("totpd_writer_batch_size_sum 561\n"), "{text}");
+        assert!(text.contains("totpd_writer_batch_size_count 5\n"), "{text}");
+        assert!(text.contains("totpd_database_bytes 4096\n"), "{text}");
+    }
 
     #[test]
     fn counts_and_renders() {

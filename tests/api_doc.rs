@@ -905,7 +905,7 @@ fn every_operation_is_documented_completely() {
             match word.as_str() {
                 "-X" => method = w.next().cloned(),
                 "-d" => data = w.next().cloned(),
-                "-H" | "--unix-socket" => {
+                "-H" | "--unix-socket" | "-o" => {
                     w.next();
                 }
                 u if u.starts_with("http://localhost/") => url = Some(u.to_string()),

@@ -14,7 +14,7 @@ use common::Daemon;
 use serde_json::{json, Value};
 use totpd::api::AppState;
 use totpd::auth::Peer;
-use totpd::otp::{Outcome, Params};
+use totpd::otp::{LockState, Outcome, Params};
 use totpd::store::*;
 
 /// A store whose database is always overloaded: every call answers `Unavailable`.
@@ -99,6 +99,9 @@ impl MfaStore for Overloaded {
         _: &str,
         _: i64,
     ) -> Result<Outcome, StoreError> {
+        busy()
+    }
+    async fn unlock_mfa_secret(&self, _: &str, _: &str) -> Result<LockState, StoreError> {
         busy()
     }
 }
@@ -223,6 +226,57 @@ impl UserTotpStore for Overloaded {
     async fn count_recovery_codes(&self, _: &str) -> Result<usize, StoreError> {
         busy()
     }
+    async fn unlock_user(&self, _: &str) -> Result<Option<LockState>, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
+impl OpsStore for Overloaded {
+    async fn count_rows(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        busy()
+    }
+    fn database_bytes(&self) -> u64 {
+        0
+    }
+    fn writer_stats(&self) -> WriterStats {
+        WriterStats::default()
+    }
+    fn seal_key_id(&self) -> u8 {
+        1
+    }
+    async fn backup_database(&self) -> Result<BackupCopy, StoreError> {
+        busy()
+    }
+    async fn record_backup(&self, _: i64) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn last_backup(&self) -> Result<Option<i64>, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
+impl KeyStore for Overloaded {
+    async fn key_status(&self) -> Result<KeyStatus, StoreError> {
+        busy()
+    }
+    async fn start_key_rotation(&self) -> Result<KeyStatus, StoreError> {
+        busy()
+    }
+    fn sealed_counts(&self) -> std::collections::BTreeMap<u8, u64> {
+        Default::default()
+    }
+}
+
+#[async_trait]
+impl TransferStore for Overloaded {
+    async fn export_secrets(&self, _: ExportScope<'_>) -> Result<Transfer, StoreError> {
+        busy()
+    }
+    async fn import_secrets(&self, _: &Transfer, _: i64) -> Result<ImportReport, StoreError> {
+        busy()
+    }
 }
 
 impl Store for Overloaded {
@@ -305,6 +359,22 @@ async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape
         ),
         (
             root,
+            "POST",
+            "/v1/sys/export".into(),
+            Some(json!({"all": true})),
+            "vault",
+        ),
+        (
+            root,
+            "POST",
+            "/v1/sys/import".into(),
+            Some(json!({})),
+            "vault",
+        ),
+        (root, "GET", "/v1/sys/status".into(), None, "vault"),
+        (root, "GET", "/v1/sys/backup".into(), None, "vault"),
+        (
+            root,
             "PUT",
             "/v1/auth/ratls/totp".into(),
             Some(json!({"policy": "p", "expiration": common::unix_now() + 600})),
@@ -338,6 +408,20 @@ async fn an_unavailable_store_answers_503_with_retry_after_in_each_surface_shape
             "/api/v1/auth/totp/recovery-codes/".into(),
             None,
             "drf",
+        ),
+        (
+            root,
+            "POST",
+            "/api/v1/auth/totp/unlock/".into(),
+            Some(json!({"user": "alice"})),
+            "drf",
+        ),
+        (
+            root,
+            "POST",
+            "/v1/identity/mfa/method/totp/admin-unlock".into(),
+            Some(json!({"method_id": id, "entity_id": "alice"})),
+            "vault",
         ),
         // A default-policy peer spending a token: no right needed, the store is busy.
         (

@@ -562,8 +562,9 @@ fn stop(mut child: std::process::Child) {
 
 #[test]
 fn a_key_made_as_the_readme_says_is_taken_as_the_credential() {
-    // The README's steps: 32 random bytes (or 64 hex digits), 0600, in a file named
-    // as the credential totpd reads: $CREDENTIALS_DIRECTORY/totpd.key.
+    // The README's steps: `totpd key generate` under umask 077, in a file named as the
+    // credential totpd reads: $CREDENTIALS_DIRECTORY/totpd.key. (32 raw random bytes
+    // still do, as the test of old key files shows.)
     let dir = tempfile::tempdir().unwrap();
     let creds: PathBuf = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
@@ -571,8 +572,8 @@ fn a_key_made_as_the_readme_says_is_taken_as_the_credential() {
     let made = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask 077 && head -c 32 /dev/urandom > '{}' && chmod 0600 '{}'",
-            key.display(),
+            "umask 077 && '{}' key generate > '{}'",
+            BIN,
             key.display()
         ))
         .status()

@@ -8,7 +8,9 @@
 //! create) and 16 concurrent spends of one policy token (exactly one writes), of one user
 //! code and of one recovery code (exactly one logs in), replay state survives a close
 //! and reopen, a database refuses a key it was not created with, and a closed store
-//! refuses work with `Closed`.
+//! refuses work with `Closed`. `KeyStore`: a key rotation re-seals every value beside
+//! concurrent validations and deletions (state kept, deleted rows stay deleted), after
+//! which the old key may leave the ring; a ring missing a key id in use is refused.
 //!
 //! A backend joins by implementing [`Backend`] (open the same database on every call)
 //! and adding one `mod name { conformance_suite!(fixture expression); }` line at the end.
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use totpd::otp::recovery::{self, RecoveryCode};
 use totpd::otp::{code_at, Outcome, Params, Refusal};
+use totpd::store::seal::KeyRing;
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
     Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Proof,
@@ -35,6 +38,12 @@ trait Backend {
     /// Opens the suite's database with the sealing key `[key; 32]`. Every call opens the
     /// same database, so a case can close the store and open it again. Blocking.
     fn open(&self, key: u8) -> Result<Arc<dyn Store>, StoreError>;
+    /// Opens the same database with a key ring (several keys, one current). Blocking.
+    fn open_ring(&self, ring: &KeyRing) -> Result<Arc<dyn Store>, StoreError>;
+    /// A new database made from `copy` (as [`totpd::store::OpsStore::backup_database`]
+    /// made it) by the backend's own restore, which checks it against the key
+    /// `[key; 32]` (`WrongKey` if it does not open). Blocking.
+    fn restore(&self, copy: &std::fs::File, key: u8) -> Result<Box<dyn Backend>, StoreError>;
 }
 
 /// SQLite in a temporary directory that lives as long as the test.
@@ -57,6 +66,33 @@ impl Backend for SqliteBackend {
         let store: Arc<dyn Store> = opened.store;
         Ok(store)
     }
+
+    fn open_ring(&self, ring: &KeyRing) -> Result<Arc<dyn Store>, StoreError> {
+        let opts = SqliteOptions::new(self.dir.path().join("totpd.db"));
+        let opened = SqliteStore::open(&opts, Sealer::from_ring(ring))?;
+        let store: Arc<dyn Store> = opened.store;
+        Ok(store)
+    }
+
+    fn restore(&self, copy: &std::fs::File, key: u8) -> Result<Box<dyn Backend>, StoreError> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::PermissionsExt;
+        let fresh = SqliteBackend::new();
+        let file = fresh.dir.path().join("copy.db");
+        let mut from = copy;
+        from.seek(SeekFrom::Start(0)).unwrap();
+        std::io::copy(&mut from, &mut std::fs::File::create(&file).unwrap()).unwrap();
+        let key_file = fresh.dir.path().join("totpd.key");
+        std::fs::write(&key_file, data_encoding::HEXLOWER.encode(&[key; 32])).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let keys = totpd::store::KeySource {
+            credentials_dir: None,
+            key_file,
+            allow_group_readable: false,
+        };
+        totpd::store::sqlite::restore(&file, &fresh.dir.path().join("totpd.db"), &keys, NOW)?;
+        Ok(Box::new(fresh))
+    }
 }
 
 /// Instantiates every case as a test for one backend fixture (an expression building a
@@ -75,6 +111,7 @@ macro_rules! conformance_suite {
             case_mfa_secret_enrollment,
             case_mfa_secret_delete,
             case_mfa_check_outcomes,
+            case_unlock_clears_locks_and_counts_lockouts,
             case_agent_secrets,
             case_user_setup_and_activate,
             case_user_code_checks,
@@ -93,6 +130,12 @@ macro_rules! conformance_suite {
             case_user_device_cap_and_temp_tokens_die_with_the_user,
             case_wrong_key_refused,
             case_closed_store_refuses,
+            case_key_rotation_reseals_every_value_beside_validations,
+            case_key_status_and_a_ring_missing_a_key_in_use,
+            case_ops_rows_sizes_and_writer,
+            case_ops_backup_times,
+            case_ops_backup_under_writes_restores_as_of_its_moment,
+            case_transfer_export_and_import,
         );
     };
     (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
@@ -2306,6 +2349,87 @@ async fn case_replay_refused_after_reopen(b: &dyn Backend) {
     close(&s).await;
 }
 
+async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
+    let s = open(b);
+    assert_eq!(s.lockouts(), Default::default());
+
+    // An MFA secret: five failures lock it; an unlock lets the right code in at once.
+    let m = method(Some("unlock"), 5);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let wrong = wrong_code(&secret, &m.params, m.skew, NOW);
+    for _ in 0..5 {
+        let o = s.check_and_record_mfa_code(&m.id, "entity-1", &wrong, NOW);
+        assert_eq!(o.await.unwrap(), Outcome::Refused(Refusal::Invalid));
+    }
+    let right = code_at(&secret, &m.params, NOW);
+    let check = || s.check_and_record_mfa_code(&m.id, "entity-1", &right, NOW);
+    assert_eq!(check().await.unwrap(), Outcome::Refused(Refusal::Locked));
+    // Refusals during a lock begin none.
+    assert_eq!(s.lockouts().vault_mfa, 1);
+    let cleared = s.unlock_mfa_secret(&m.id, "entity-1").await.unwrap();
+    assert_eq!(cleared.locked_until, Some(NOW + m.params.period as i64));
+    assert_eq!(cleared.failures, 0, "a lock restarts the count");
+    assert_eq!(
+        check().await.unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    // The replay record stays: an unlock does not make a used code good again.
+    s.unlock_mfa_secret(&m.id, "entity-1").await.unwrap();
+    assert_eq!(check().await.unwrap(), Outcome::Refused(Refusal::Replay));
+    // Failures short of a lock are cleared too, and reported.
+    let cleared = s.unlock_mfa_secret(&m.id, "entity-1").await.unwrap();
+    assert_eq!((cleared.failures, cleared.locked_until), (1, None));
+    for _ in 0..4 {
+        let o = s.check_and_record_mfa_code(&m.id, "entity-1", &wrong, NOW);
+        assert_eq!(o.await.unwrap(), Outcome::Refused(Refusal::Invalid));
+    }
+    assert_eq!(
+        s.lockouts().vault_mfa,
+        1,
+        "four failures after the unlock lock nothing"
+    );
+    assert_err!(
+        s.unlock_mfa_secret(&m.id, "entity-2").await,
+        StoreError::NotFound(Thing::MfaSecret)
+    );
+    assert_err!(
+        s.unlock_mfa_secret(&new_id(), "entity-1").await,
+        StoreError::NotFound(Thing::Method)
+    );
+
+    // A user: five failures lock them, even for the right code; an unlock clears it.
+    assert_eq!(s.unlock_user("user-1").await.unwrap(), None, "no device");
+    let main = device_secret(1);
+    active_user(&s, "user-1", &main, &[]).await;
+    let owner = || Proof::Owner {
+        entity_id: "user-1",
+    };
+    let wrong = user_wrong_code(&[&main], NOW);
+    for _ in 0..5 {
+        let c = s.check_user_code(owner(), &wrong, NOW).await.unwrap();
+        assert_eq!(c, Check::Refused(Refusal::Invalid));
+    }
+    let right = step_code(&main, 1);
+    let c = s.check_user_code(owner(), &right, NOW).await.unwrap();
+    assert_eq!(c, Check::Refused(Refusal::Locked));
+    assert_eq!(s.lockouts().user_totp, 1);
+    let cleared = s.unlock_user("user-1").await.unwrap().expect("a device");
+    assert_eq!(cleared.locked_until, Some(NOW + PERIOD));
+    let c = s.check_user_code(owner(), &right, NOW).await.unwrap();
+    assert_eq!(c, Check::Accepted, "in at once");
+    let both = totpd::store::Lockouts {
+        vault_mfa: 1,
+        user_totp: 1,
+    };
+    assert_eq!(s.lockouts(), both);
+    // Nothing to clear is not an error.
+    let cleared = s.unlock_user("user-1").await.unwrap().expect("a device");
+    assert_eq!((cleared.failures, cleared.locked_until), (0, None));
+    close(&s).await;
+}
+
 async fn case_wrong_key_refused(b: &dyn Backend) {
     let s = open(b);
     // Sealed data of both kinds, so the reopen below also shows the key still opens it.
@@ -2368,5 +2492,693 @@ async fn case_closed_store_refuses(b: &dyn Backend) {
     let s = open(b);
     assert_eq!(s.list_policies().await.unwrap(), vec!["before"]);
     assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations: status, backups
+// ---------------------------------------------------------------------------------------
+
+async fn case_ops_rows_sizes_and_writer(b: &dyn Backend) {
+    let s = open(b);
+    s.put_policy("p1", "{}", NOW).await.unwrap();
+    s.put_policy("p2", "{}", NOW).await.unwrap();
+    s.create_token(&token("h1", "a1", None, None))
+        .await
+        .unwrap();
+    s.create_agent_secret("alice", &agent_info("x", None, NOW), &[1u8; 20])
+        .await
+        .unwrap();
+    let rows: std::collections::BTreeMap<String, u64> =
+        s.count_rows().await.unwrap().into_iter().collect();
+    assert_eq!(rows.get("policies"), Some(&2), "{rows:?}");
+    assert_eq!(rows.get("tokens"), Some(&1), "{rows:?}");
+    assert_eq!(rows.get("agent_secrets"), Some(&1), "{rows:?}");
+    assert_eq!(rows.get("mfa_methods"), Some(&0), "{rows:?}");
+    let names: Vec<&String> = rows.keys().collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "sorted by table name");
+
+    assert!(s.database_bytes() > 0);
+    assert_eq!(s.seal_key_id(), totpd::store::seal::KEY_ID);
+    // Idle: nothing waits, and every batch holds at least one operation.
+    let w = s.writer_stats();
+    assert_eq!(w.queue_depth, 0);
+    assert!(w.batch_sizes.sum >= w.batch_sizes.count(), "{w:?}");
+    assert_eq!(w.batch_sizes.counts.len(), w.batch_sizes.bounds.len() + 1);
+    close(&s).await;
+}
+
+async fn case_ops_backup_times(b: &dyn Backend) {
+    let s = open(b);
+    assert_eq!(s.last_backup().await.unwrap(), None);
+    s.record_backup(NOW).await.unwrap();
+    s.record_backup(NOW + 60).await.unwrap();
+    assert_eq!(s.last_backup().await.unwrap(), Some(NOW + 60));
+    close(&s).await;
+    drop(s);
+    let s = open(b);
+    assert_eq!(s.last_backup().await.unwrap(), Some(NOW + 60), "durable");
+    close(&s).await;
+}
+
+async fn case_ops_backup_under_writes_restores_as_of_its_moment(b: &dyn Backend) {
+    let s = open(b);
+    let m = method(Some("backed-up"), 1000);
+    let secret = enrolled(&s, &m, "entity-1").await;
+    let code = code_at(&secret, &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    s.put_policy("before", "{}", NOW).await.unwrap();
+
+    // 64 writes beside the copy: every one succeeds; the copy holds those committed before it.
+    let mut writes = Vec::new();
+    for i in 0..64 {
+        let s = s.clone();
+        writes.push(tokio::spawn(async move {
+            s.put_policy(&format!("during-{i:02}"), "{}", NOW).await
+        }));
+    }
+    let copy = s.backup_database().await.unwrap();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    assert!(copy.bytes > 0);
+    assert_eq!(copy.file.metadata().unwrap().len(), copy.bytes);
+    s.put_policy("after", "{}", NOW).await.unwrap();
+    close(&s).await;
+
+    // Another key does not restore it.
+    match tokio::task::block_in_place(|| b.restore(&copy.file, KEY + 1)) {
+        Err(StoreError::WrongKey) => {}
+        Err(e) => panic!("expected WrongKey, got {e:?}"),
+        Ok(_) => panic!("a copy restored with another key"),
+    }
+    let restored = tokio::task::block_in_place(|| b.restore(&copy.file, KEY)).unwrap();
+    let r = open(restored.as_ref());
+    let policies = r.list_policies().await.unwrap();
+    assert!(policies.contains(&"before".to_string()), "{policies:?}");
+    assert!(!policies.contains(&"after".to_string()), "{policies:?}");
+    let during: Vec<&String> = policies
+        .iter()
+        .filter(|p| p.starts_with("during-"))
+        .collect();
+    assert!(during.len() <= 64);
+    // The secret opens with the key, and its spent step is still spent.
+    assert_eq!(
+        r.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Refused(Refusal::Replay)
+    );
+    let next = NOW + m.params.period as i64;
+    assert_eq!(
+        r.check_and_record_mfa_code(&m.id, "entity-1", &code_at(&secret, &m.params, next), next)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW) + 1
+        }
+    );
+    close(&r).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sealing keys: status and rotation
+// ---------------------------------------------------------------------------------------
+
+/// A key ring with the key `[id; 32]` under each of `ids`, `current` current. Key id 1 is
+/// the suite's `KEY`, so the databases the other cases make open with any ring holding 1.
+fn key_ring(ids: &[u8], current: u8) -> KeyRing {
+    let mut text = String::from("totpd-keyring v1\n");
+    for id in ids {
+        text.push_str(&format!(
+            "key {id} {}{}\n",
+            format!("{id:02x}").repeat(32),
+            if *id == current { " current" } else { "" }
+        ));
+    }
+    KeyRing::parse(text.as_bytes()).expect("a valid ring")
+}
+
+fn try_open_ring(b: &dyn Backend, ring: &KeyRing) -> Result<Arc<dyn Store>, StoreError> {
+    tokio::task::block_in_place(|| b.open_ring(ring))
+}
+
+/// Why opening with `ring` was refused (a store that opened is closed, and panics).
+fn refused_ring(b: &dyn Backend, ring: &KeyRing) -> StoreError {
+    match try_open_ring(b, ring) {
+        Err(e) => e,
+        Ok(s) => {
+            tokio::task::block_in_place(|| s.close());
+            panic!("opened with {ring:?}");
+        }
+    }
+}
+
+/// Waits (at most 60 s) until no rotation runs, and returns the status then.
+async fn rotated(s: &Arc<dyn Store>) -> totpd::store::KeyStatus {
+    for _ in 0..6000 {
+        let st = s.key_status().await.unwrap();
+        if !st.rotation.running {
+            return st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the key rotation did not end within 60 s");
+}
+
+async fn case_key_status_and_a_ring_missing_a_key_in_use(b: &dyn Backend) {
+    let s = open(b);
+    // A fresh database: the key check is its one sealed value.
+    let st = s.key_status().await.unwrap();
+    assert_eq!((st.current, st.ring.clone()), (KEY, vec![KEY]));
+    assert_eq!(st.sealed.get(&KEY), Some(&1));
+    assert_eq!((st.old_values(), st.unused()), (0, vec![]));
+    // Nothing to re-seal: nothing starts.
+    let st = s.start_key_rotation().await.unwrap();
+    assert!(!st.rotation.running, "{st:?}");
+    let info = agent_info("k", None, NOW);
+    s.create_agent_secret("alice", &info, &[5u8; 20])
+        .await
+        .unwrap();
+    assert_eq!(s.key_status().await.unwrap().sealed.get(&KEY), Some(&2));
+    close(&s).await;
+
+    // A new current key: new values use it at once, old ones still open.
+    let s = try_open_ring(b, &key_ring(&[1, 2], 2)).unwrap();
+    let st = s.key_status().await.unwrap();
+    assert_eq!(
+        (st.current, st.ring.clone(), st.old_values()),
+        (2, vec![1, 2], 2)
+    );
+    let newer = agent_info("k2", None, NOW);
+    s.create_agent_secret("alice", &newer, &[6u8; 20])
+        .await
+        .unwrap();
+    let st = s.key_status().await.unwrap();
+    assert_eq!(st.sealed.get(&1), Some(&2));
+    assert_eq!(st.sealed.get(&2), Some(&1));
+    assert_eq!(s.sealed_counts(), st.sealed, "the last count is kept");
+    assert_eq!(
+        s.get_agent_secret("alice", &info.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        vec![5u8; 20]
+    );
+    close(&s).await;
+
+    // Values under keys 1 and 2: a ring without either is refused, naming the id.
+    assert!(matches!(
+        refused_ring(b, &key_ring(&[2], 2)),
+        StoreError::MissingKey(1)
+    ));
+    assert!(matches!(
+        refused_ring(b, &key_ring(&[1], 1)),
+        StoreError::MissingKey(2)
+    ));
+    // A ring whose key 2 is another key does not open them.
+    let mut other = String::from("totpd-keyring v1\n");
+    other.push_str(&format!("key 1 {}\n", "01".repeat(32)));
+    other.push_str(&format!("key 2 {} current\n", "77".repeat(32)));
+    assert!(matches!(
+        refused_ring(b, &KeyRing::parse(other.as_bytes()).unwrap()),
+        StoreError::WrongKey
+    ));
+    // The refusals changed nothing.
+    let s = try_open_ring(b, &key_ring(&[1, 2], 1)).unwrap();
+    assert_eq!(
+        s.get_agent_secret("alice", &newer.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        vec![6u8; 20]
+    );
+    close(&s).await;
+}
+
+async fn case_key_rotation_reseals_every_value_beside_validations(b: &dyn Backend) {
+    const ENTITIES: usize = 8;
+    const AGENT: usize = 300;
+    let s = open(b);
+    let m = method(Some("rotation"), 1000);
+    s.create_method(&m).await.unwrap();
+    let mut mfa = Vec::new();
+    for i in 0..ENTITIES {
+        let e = format!("entity-{i}");
+        match s.create_mfa_secret(&m.id, &e, NOW).await.unwrap() {
+            Enrollment::Created { secret, .. } => mfa.push((e, secret)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Accepted before the rotation: the replay state must survive it.
+    for (e, secret) in &mfa {
+        let code = code_at(secret, &m.params, NOW);
+        assert!(matches!(
+            s.check_and_record_mfa_code(&m.id, e, &code, NOW)
+                .await
+                .unwrap(),
+            Outcome::Accepted { .. }
+        ));
+    }
+    let user_secret = vec![3u8; 20];
+    active_user(&s, "user-1", &user_secret, &[]).await;
+    let mut agent = Vec::new();
+    let tasks: Vec<_> = (0..AGENT)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let info = agent_info(&format!("a{i}"), None, NOW);
+                let seed = format!("seed-{i:04}-0123456789").into_bytes();
+                s.create_agent_secret("alice", &info, &seed).await.unwrap();
+                (info, seed)
+            })
+        })
+        .collect();
+    for t in tasks {
+        agent.push(t.await.unwrap());
+    }
+    let total = s.key_status().await.unwrap().sealed[&KEY];
+    assert_eq!(
+        total as usize,
+        1 + ENTITIES + 1 + AGENT,
+        "key check, MFA, device, agent"
+    );
+    close(&s).await;
+
+    let s = try_open_ring(b, &key_ring(&[1, 2], 2)).unwrap();
+    let st = s.start_key_rotation().await.unwrap();
+    assert_eq!((st.current, st.old_values()), (2, total));
+    // Meanwhile: validations of every MFA secret at later steps, and deletions.
+    let checks: Vec<_> = mfa
+        .iter()
+        .cloned()
+        .map(|(e, secret)| {
+            let (s, m) = (Arc::clone(&s), m.clone());
+            tokio::spawn(async move {
+                for k in 1..=10i64 {
+                    let now = NOW + k * 30;
+                    let code = code_at(&secret, &m.params, now);
+                    let out = s.check_and_record_mfa_code(&m.id, &e, &code, now).await;
+                    assert_eq!(
+                        out.unwrap(),
+                        Outcome::Accepted {
+                            step: m.params.step(now)
+                        }
+                    );
+                }
+            })
+        })
+        .collect();
+    let gone: Vec<_> = agent.drain(..20).collect();
+    for (info, _) in &gone {
+        assert!(s.delete_agent_secret("alice", &info.id).await.unwrap());
+    }
+    for t in checks {
+        t.await.unwrap();
+    }
+    let st = rotated(&s).await;
+    assert_eq!(st.rotation.error, None);
+    assert_eq!(st.old_values(), 0, "{st:?}");
+    assert_eq!(st.sealed.get(&1), None);
+    assert_eq!(st.sealed.get(&2), Some(&(total - gone.len() as u64)));
+    assert_eq!(st.unused(), vec![1]);
+    assert!(st.rotation.resealed <= total);
+    close(&s).await;
+
+    // Key 1 may leave the ring: everything opens with key 2 alone, as it was.
+    let s = try_open_ring(b, &key_ring(&[2], 2)).unwrap();
+    for (info, seed) in &agent {
+        assert_eq!(
+            s.get_agent_secret("alice", &info.id).await.unwrap(),
+            Some((seed.clone(), info.params))
+        );
+    }
+    for (info, _) in &gone {
+        assert_eq!(s.get_agent_secret("alice", &info.id).await.unwrap(), None);
+    }
+    for (e, secret) in &mfa {
+        // The last accepted step stayed accepted; the next one is good.
+        let last = NOW + 10 * 30;
+        let code = code_at(secret, &m.params, last);
+        assert_eq!(
+            s.check_and_record_mfa_code(&m.id, e, &code, last)
+                .await
+                .unwrap(),
+            Outcome::Refused(Refusal::Replay)
+        );
+        let next = last + 30;
+        let code = code_at(secret, &m.params, next);
+        assert!(matches!(
+            s.check_and_record_mfa_code(&m.id, e, &code, next)
+                .await
+                .unwrap(),
+            Outcome::Accepted { .. }
+        ));
+    }
+    assert_eq!(s.key_status().await.unwrap().sealed.get(&1), None);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Export and import
+// ---------------------------------------------------------------------------------------
+
+use totpd::store::{
+    ExportScope, Holder, ImportRefusal, Imported, MovedRecoveryCode, MovedSecret, Transfer,
+};
+
+/// The one secret of `t` whose holder is `h`.
+fn moved<'a>(t: &'a Transfer, h: &Holder) -> &'a MovedSecret {
+    let found: Vec<&MovedSecret> = t.secrets.iter().filter(|s| &s.holder == h).collect();
+    assert_eq!(found.len(), 1, "{h:?} in {:?}", t.secrets);
+    found[0]
+}
+
+/// Export opens every secret of every surface with its holder, parameters and last
+/// accepted step, for one entity or for all; an import recreates what is missing (the
+/// same codes, a spent step still spent, devices active or pending as they were, the
+/// recovery codes of a user it makes active), skips what is there, and refuses what
+/// clashes, entry by entry, in one write.
+async fn case_transfer_export_and_import(b: &dyn Backend) {
+    let s = open(b);
+    let p = params();
+    // A method with alice and bob enrolled (alice spends NOW's step), and one unused.
+    let m = method(Some("transfer"), 5);
+    let alice_mfa = enrolled(&s, &m, "alice").await;
+    let bob_mfa = match s.create_mfa_secret(&m.id, "bob", NOW).await {
+        Ok(Enrollment::Created { secret, .. }) => secret,
+        other => panic!("{other:?}"),
+    };
+    let spent = code_at(&alice_mfa, &p, NOW);
+    assert!(matches!(
+        s.check_and_record_mfa_code(&m.id, "alice", &spent, NOW)
+            .await,
+        Ok(Outcome::Accepted { .. })
+    ));
+    let unused = method(Some("unused"), 3);
+    s.create_method(&unused).await.unwrap();
+    // Agent secrets of alice and bob.
+    let ci = agent_info("ci-bot", Some("GitHub"), NOW);
+    s.create_agent_secret("alice", &ci, &[7; 20]).await.unwrap();
+    let deploy = agent_info("deploy", None, NOW + 1);
+    s.create_agent_secret("bob", &deploy, &[8; 16])
+        .await
+        .unwrap();
+    // alice logs in with an active device (NOW's step used) and has a pending one.
+    let (_codes, hashes) = recovery_codes(2);
+    active_user(&s, "alice", &device_secret(1), &hashes).await;
+    assert_eq!(
+        s.setup_user_device(
+            "alice",
+            Some("spare"),
+            &new_id(),
+            &device_secret(2),
+            &p,
+            NOW
+        )
+        .await
+        .unwrap(),
+        Setup::Pending
+    );
+
+    // alice's export: her secrets and her enrolments' method, opened.
+    let t = s
+        .export_secrets(ExportScope::Entity("alice"))
+        .await
+        .unwrap();
+    assert_eq!(t.methods, vec![m.clone()]);
+    assert_eq!(t.secrets.len(), 4, "{:?}", t.secrets);
+    let mfa_holder = |e: &str| Holder::VaultMfa {
+        method_id: m.id.clone(),
+        entity_id: e.into(),
+    };
+    let s_mfa = moved(&t, &mfa_holder("alice"));
+    assert_eq!(s_mfa.secret, alice_mfa);
+    assert_eq!((s_mfa.params, s_mfa.last_step), (p, Some(p.step(NOW))));
+    let ci_holder = Holder::Agent {
+        entity_id: "alice".into(),
+        id: Some(ci.id.clone()),
+        label: "ci-bot".into(),
+        issuer: Some("GitHub".into()),
+    };
+    let s_ci = moved(&t, &ci_holder);
+    assert_eq!(
+        (s_ci.secret.as_slice(), s_ci.params),
+        (&[7u8; 20][..], ci.params)
+    );
+    assert_eq!((s_ci.last_step, s_ci.created_at), (None, NOW));
+    let device = |name: &str, active: bool| Holder::UserDevice {
+        entity_id: "alice".into(),
+        name: name.into(),
+        active,
+    };
+    let s_dev = moved(&t, &device("default", true));
+    assert_eq!(s_dev.secret, device_secret(1));
+    assert_eq!(s_dev.last_step, Some(p.step(NOW)));
+    assert_eq!(moved(&t, &device("spare", false)).last_step, None);
+    let mut want_codes: Vec<MovedRecoveryCode> = hashes
+        .iter()
+        .map(|h| MovedRecoveryCode {
+            entity_id: "alice".into(),
+            code: h.clone(),
+        })
+        .collect();
+    want_codes.sort_by(|a, b| a.code.selector.cmp(&b.code.selector));
+    assert_eq!(t.recovery_codes, want_codes);
+    // Nobody's export is empty; bob's holds no login device and no recovery code.
+    assert_eq!(
+        s.export_secrets(ExportScope::Entity("nobody"))
+            .await
+            .unwrap(),
+        Transfer::default()
+    );
+    let bob = s.export_secrets(ExportScope::Entity("bob")).await.unwrap();
+    assert_eq!((bob.methods.len(), bob.secrets.len()), (1, 2));
+    assert!(bob.recovery_codes.is_empty());
+
+    // Everything: every method, used or not.
+    let all = s.export_secrets(ExportScope::All).await.unwrap();
+    let mut ids: Vec<&str> = all.methods.iter().map(|m| m.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![m.id.as_str(), unused.id.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(all.secrets.len(), 6);
+
+    // Imported where it all is: nothing changes.
+    let r = s.import_secrets(&all, NOW).await.unwrap();
+    assert!(r.methods.iter().all(|o| *o == Imported::Exists), "{r:?}");
+    assert!(
+        r.secrets.iter().all(|(o, _)| *o == Imported::Exists),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.recovery_codes,
+        vec![("alice".to_string(), Imported::Exists)]
+    );
+
+    // Gone, then imported: back as they were.
+    s.delete_method(&m.id).await.unwrap();
+    s.delete_method(&unused.id).await.unwrap();
+    assert!(s.delete_agent_secret("alice", &ci.id).await.unwrap());
+    assert!(s.delete_agent_secret("bob", &deploy.id).await.unwrap());
+    assert_eq!(s.deactivate_user("alice", None).await.unwrap(), 2);
+    assert_eq!(
+        s.export_secrets(ExportScope::All).await.unwrap(),
+        Transfer::default()
+    );
+    let r = s.import_secrets(&all, NOW).await.unwrap();
+    assert!(r.methods.iter().all(|o| *o == Imported::Created), "{r:?}");
+    assert!(
+        r.secrets.iter().all(|(o, _)| *o == Imported::Created),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.recovery_codes,
+        vec![("alice".to_string(), Imported::Created)]
+    );
+    let back = s.export_secrets(ExportScope::All).await.unwrap();
+    assert_eq!(back.methods.len(), 2);
+    for sec in &all.secrets {
+        assert!(
+            moved(&back, &sec.holder) == sec,
+            "{sec:?} came back otherwise"
+        );
+    }
+    assert_eq!(back.recovery_codes, all.recovery_codes);
+    // The spent step is still spent; the next is good. bob's is untouched.
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "alice", &spent, NOW)
+            .await
+            .unwrap(),
+        Outcome::Refused(Refusal::Replay)
+    );
+    let next = code_at(&alice_mfa, &p, NOW + PERIOD);
+    assert!(matches!(
+        s.check_and_record_mfa_code(&m.id, "alice", &next, NOW + PERIOD)
+            .await,
+        Ok(Outcome::Accepted { .. })
+    ));
+    assert!(matches!(
+        s.check_and_record_mfa_code(&m.id, "bob", &code_at(&bob_mfa, &p, NOW), NOW)
+            .await,
+        Ok(Outcome::Accepted { .. })
+    ));
+    assert_eq!(
+        s.get_agent_secret("alice", &ci.id).await.unwrap(),
+        Some((vec![7; 20], ci.params))
+    );
+    assert_eq!(
+        s.get_agent_secret("bob", &deploy.id).await.unwrap(),
+        Some((vec![8; 16], deploy.params))
+    );
+    let alice = Proof::Owner { entity_id: "alice" };
+    assert_eq!(
+        s.check_user_code(alice, &step_code(&device_secret(1), 0), NOW)
+            .await
+            .unwrap(),
+        Check::Refused(Refusal::Replay)
+    );
+    assert_eq!(
+        s.check_user_code(alice, &step_code(&device_secret(1), 1), NOW + PERIOD)
+            .await
+            .unwrap(),
+        Check::Accepted
+    );
+    let devices: Vec<(String, bool)> = user_devices(&s, "alice")
+        .await
+        .into_iter()
+        .map(|(n, a, _)| (n, a))
+        .collect();
+    assert_eq!(
+        devices,
+        vec![("default".to_string(), true), ("spare".to_string(), false)]
+    );
+    assert_eq!(s.count_recovery_codes("alice").await.unwrap(), 2);
+
+    // Clashes are refused entry by entry, and the rest goes in.
+    let mut changed = m.clone();
+    changed.skew = 1;
+    s.update_method(&changed).await.unwrap();
+    let twin = MethodRecord {
+        id: new_id(),
+        ..m.clone()
+    };
+    let stranger = mfa_holder("carol");
+    let orphan = Holder::VaultMfa {
+        method_id: new_id(),
+        entity_id: "carol".into(),
+    };
+    let with = |holder: Holder| MovedSecret {
+        holder,
+        ..s_ci.clone()
+    };
+    let taken = with(Holder::Agent {
+        entity_id: "carol".into(),
+        id: Some(ci.id.clone()),
+        label: "x".into(),
+        issuer: None,
+    });
+    let fresh = with(Holder::Agent {
+        entity_id: "carol".into(),
+        id: None,
+        label: "fresh".into(),
+        issuer: None,
+    });
+    let pending = with(Holder::UserDevice {
+        entity_id: "erin".into(),
+        name: "phone".into(),
+        active: false,
+    });
+    let clash = Transfer {
+        methods: vec![m.clone(), twin],
+        secrets: vec![
+            with(stranger),
+            with(orphan),
+            taken,
+            fresh.clone(),
+            fresh.clone(),
+            pending,
+        ],
+        recovery_codes: vec![MovedRecoveryCode {
+            entity_id: "erin".into(),
+            code: hashes[0].clone(),
+        }],
+    };
+    let r = s.import_secrets(&clash, NOW).await.unwrap();
+    assert_eq!(
+        r.methods,
+        vec![
+            Imported::Refused(ImportRefusal::MethodDiffers),
+            Imported::Refused(ImportRefusal::MethodNameTaken)
+        ]
+    );
+    let outcomes: Vec<Imported> = r.secrets.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Imported::Refused(ImportRefusal::MethodRefused),
+            Imported::Refused(ImportRefusal::NoMethod),
+            Imported::Refused(ImportRefusal::IdTaken),
+            Imported::Created,
+            // The same seed, label and issuer again: there already, under the id just made.
+            Imported::Exists,
+            Imported::Created,
+        ]
+    );
+    let fresh_id = r.secrets[3].1.clone().expect("the new agent secret's id");
+    assert_eq!(r.secrets[4].1.as_deref(), Some(fresh_id.as_str()));
+    assert_eq!(
+        s.get_agent_secret("carol", &fresh_id).await.unwrap(),
+        Some((vec![7; 20], ci.params))
+    );
+    assert_eq!(
+        r.recovery_codes,
+        vec![(
+            "erin".to_string(),
+            Imported::Refused(ImportRefusal::NotActive)
+        )]
+    );
+    assert_eq!(s.get_method(&m.id).await.unwrap(), Some(changed));
+    assert_eq!(s.list_methods().await.unwrap().len(), 2);
+    assert_eq!(s.count_recovery_codes("erin").await.unwrap(), 0);
+
+    // A user with every device a user may have gets no more.
+    let full = with(Holder::UserDevice {
+        entity_id: "erin".into(),
+        name: "one too many".into(),
+        active: true,
+    });
+    for i in 1..MAX_USER_DEVICES {
+        let name = format!("d{i}");
+        s.setup_user_device("erin", Some(&name), &new_id(), &device_secret(3), &p, NOW)
+            .await
+            .unwrap();
+    }
+    let r = s
+        .import_secrets(
+            &Transfer {
+                secrets: vec![full],
+                ..Transfer::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.secrets,
+        vec![(Imported::Refused(ImportRefusal::TooManyDevices), None)]
+    );
     close(&s).await;
 }

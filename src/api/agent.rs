@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::fields::{flex_int, rfc3339};
 use super::{extract, now, surface_error, AppState, Surface, SurfaceError};
+use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::Capability;
 use crate::otp::{self, uri, Params};
 use crate::store::AgentSecretInfo;
@@ -295,6 +296,7 @@ async fn create(
     st.store
         .create_agent_secret(&who.entity_id, &info, &new.secret)
         .await?;
+    audit::record(&st, event(Action::AgentSecretCreate, &info.id));
     let mut out = info_json(&info);
     out["secret"] = Value::String(otp::encode_base32(&new.secret));
     if new.generated {
@@ -332,10 +334,16 @@ async fn remove(State(st): State<AppState>, who: Caller, Path(raw): Path<String>
     let id = secret_id(&raw)?;
     who.require(&format!("api/v2/totp/secrets/{id}"), Capability::Delete)?;
     if st.store.delete_agent_secret(&who.entity_id, &id).await? {
+        audit::record(&st, event(Action::AgentSecretDelete, &id));
         Ok(axum::Json(json!({"status": "success"})).into_response())
     } else {
         Err(AgentError::not_found())
     }
+}
+
+/// A secret made or deleted (reading a code is no decision: the agent holds the seed).
+fn event(action: Action, secret_id: &str) -> Event<'_> {
+    Event::new(action, Verdict::Ok, Object::AgentSecret { secret_id })
 }
 
 #[derive(Deserialize)]

@@ -47,6 +47,8 @@ pub struct AppState {
     pub hashes: Arc<tokio::sync::Semaphore>,
     /// Default and max lifetimes of API tokens.
     pub tokens: Arc<sys::TokenSettings>,
+    /// Where each decision is recorded ([`crate::audit::record`]).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl AppState {
@@ -59,7 +61,16 @@ impl AppState {
             login: Arc::new(user_totp::Settings::default()),
             hashes: user_totp::hash_bound(),
             tokens: Arc::new(sys::TokenSettings::default()),
+            audit: Arc::new(crate::audit::Audit::off()),
         }
+    }
+
+    /// The same state recording decisions as `cfg` says; starts the audit file's writer
+    /// (failure counts go to this state's metrics). An audit file that cannot be opened
+    /// is an error.
+    pub fn with_audit(mut self, cfg: &crate::audit::Config) -> Result<Self, String> {
+        self.audit = Arc::new(crate::audit::Audit::start(cfg, self.metrics.clone())?);
+        Ok(self)
     }
 
     /// The same state with these token lifetimes.

@@ -22,6 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::vault::{self, ListQuery};
 use super::{extract, now, read_json, surface_error, AppState, BodyError, Surface, SurfaceError};
+use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::{self, Capability};
 use crate::store::{PolicyTokenRecord, Spend, Store, StoreError, Thing};
 
@@ -347,6 +348,12 @@ async fn create(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(token = %prefix, mount = %mount, policy = %req.policy, expiration = req.expiration, "policy token created");
+    let object = Object::PolicyToken {
+        mount: Some(&mount),
+        token: Some(&prefix),
+        policy: Some(&req.policy),
+    };
+    audit::record(&st, Event::new(Action::NitrideCreate, Verdict::Ok, object));
     Ok(vault::ok(
         &who.request_id,
         json!({
@@ -413,10 +420,23 @@ async fn remove(
 ) -> Res {
     require_sudo(&who, &mount, Some(&format!("auth/{mount}/totp/{raw}")))?;
     check_mount_known(&st, &mount)?;
-    if let Some((hash, prefix)) = token_key(&raw) {
-        if st.store.delete_policy_token(&mount, &hash).await? {
+    let deleted = |prefix: &str, gone: bool| {
+        let verdict = if gone {
             tracing::info!(token = %prefix, mount = %mount, "policy token deleted");
-        }
+            Verdict::Ok
+        } else {
+            Verdict::Unchanged("absent")
+        };
+        let object = Object::PolicyToken {
+            mount: Some(&mount),
+            token: Some(prefix),
+            policy: None,
+        };
+        audit::record(&st, Event::new(Action::NitrideDelete, verdict, object));
+    };
+    if let Some((hash, prefix)) = token_key(&raw) {
+        let gone = st.store.delete_policy_token(&mount, &hash).await?;
+        deleted(&prefix, gone);
     } else if let Some(prefix) = listed_prefix(&raw) {
         // What LIST shows is enough to revoke a token whose uuid is lost.
         match st
@@ -424,8 +444,7 @@ async fn remove(
             .delete_policy_token_by_prefix(&mount, &prefix)
             .await?
         {
-            0 => {}
-            1 => tracing::info!(token = %prefix, mount = %mount, "policy token deleted"),
+            n @ (0 | 1) => deleted(&prefix, n == 1),
             _ => {
                 return Err(NitrideError::field(
                     "uuid",
@@ -461,9 +480,18 @@ pub async fn spend(
     name: &str,
     document: &str,
 ) -> Result<bool, StoreError> {
+    let spent = |prefix: Option<&str>, verdict: Verdict| {
+        let object = Object::PolicyToken {
+            mount: None,
+            token: prefix,
+            policy: Some(name),
+        };
+        audit::record(st, Event::new(Action::NitrideSpend, verdict, object));
+    };
     let Some((hash, prefix)) = token_key(presented) else {
         tracing::warn!(policy = %name, reason = "malformed", "policy token refused");
         st.metrics.verification("nitride", "malformed");
+        spent(None, Verdict::Refused("malformed"));
         return Ok(false);
     };
     match st
@@ -474,11 +502,13 @@ pub async fn spend(
         Spend::Spent => {
             tracing::info!(token = %prefix, policy = %name, "policy token spent");
             st.metrics.verification("nitride", "accepted");
+            spent(Some(&prefix), Verdict::Ok);
             Ok(true)
         }
         Spend::Refused(r) => {
             tracing::warn!(token = %prefix, policy = %name, reason = r.reason(), "policy token refused");
             st.metrics.verification("nitride", r.reason());
+            spent(Some(&prefix), Verdict::Refused(r.reason()));
             Ok(false)
         }
     }

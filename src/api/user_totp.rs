@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::fields::{flex_string, flex_string_opt, rfc3339};
 use super::{extract, now, surface_error, AppState, BodyError, Surface, SurfaceError};
+use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::{self, Capability};
 use crate::otp::{self, recovery, uri, Params};
 use crate::store::{
@@ -50,6 +51,7 @@ fn routes() -> Router<AppState> {
             &format!("{BASE}/recovery-codes"),
             get(recovery_remaining).post(recovery_regenerate),
         )
+        .route(&format!("{BASE}/unlock"), post(unlock))
 }
 
 /// How the login step is configured.
@@ -228,6 +230,9 @@ fn device_params() -> Result<Params, DrfError> {
 /// Bytes of a new device secret (160 bits, as RFC 4226 recommends).
 const SECRET_BYTES: usize = 20;
 
+/// The name of a user's first device, when setup names none.
+const DEFAULT_DEVICE: &str = "default";
+
 // ----- setup / activate -----
 
 #[derive(Deserialize, Default)]
@@ -251,7 +256,8 @@ async fn setup(
     if st.login.deactivate_needs_code && name.is_some() {
         let devices = st.store.list_user_devices(&who.entity_id).await?;
         if devices.iter().any(|d| d.active) {
-            confirm_owner(&st, &who.entity_id, req.token, "adding a device").await?;
+            let action = Action::UserSetup;
+            confirm_owner(&st, &who.entity_id, req.token, action, "adding a device").await?;
         }
     }
     let params = device_params()?;
@@ -286,6 +292,8 @@ async fn setup(
             )))
         }
     }
+    let device = Some(name.as_deref().unwrap_or(DEFAULT_DEVICE));
+    record(&st, Action::UserSetup, Verdict::Ok, &who.entity_id, device);
     let issuer = &st.login.issuer;
     ok(
         StatusCode::CREATED,
@@ -311,6 +319,7 @@ async fn activate(
     require(&who, "activate", Capability::Update)?;
     let name = device_name(req.name)?;
     let store = &st.store;
+    let user = who.entity_id.as_str();
     let mut set = None;
     loop {
         let hashes = set
@@ -326,6 +335,8 @@ async fn activate(
                     _ => Vec::new(),
                 };
                 st.metrics.verification("user_totp", "accepted");
+                let device = name.as_deref();
+                record(&st, Action::UserActivate, Verdict::Ok, user, device);
                 return ok(StatusCode::OK, json!({ "recovery_codes": shown }));
             }
             // The code was right; the first device brings a set, hashed off the writer.
@@ -351,6 +362,8 @@ async fn activate(
             Activation::Refused(r) => {
                 tracing::warn!(reason = r.as_str(), "activation code refused");
                 st.metrics.verification("user_totp", r.as_str());
+                let verdict = Verdict::Refused(r.as_str());
+                record(&st, Action::UserActivate, verdict, user, name.as_deref());
                 return Err(DrfError::field("token", "Invalid code.", "invalid"));
             }
         }
@@ -407,8 +420,28 @@ async fn hashing<T: Send + 'static>(
 
 // ----- checking a code for a proof -----
 
+/// What [`check_typed`] found: the outcome, the proof's user (unknown when the
+/// temp_token is not good), and what was typed (`totp` or `recovery_code`), for the
+/// audit log.
+struct Checked {
+    check: Check,
+    user: Option<String>,
+    with: &'static str,
+}
+
 /// Checks what a user typed, a TOTP code or a recovery code, for `proof`.
-async fn check_typed(st: &AppState, proof: Proof<'_>, typed: &str) -> Result<Check, StoreError> {
+async fn check_typed(st: &AppState, proof: Proof<'_>, typed: &str) -> Result<Checked, StoreError> {
+    let code = match recovery::parse(typed) {
+        // Digits only are a TOTP code; so is anything that is no recovery code, which
+        // then counts as a malformed attempt.
+        Some(c) if !typed.trim().bytes().all(|b| b.is_ascii_digit()) => Some(c),
+        _ => None,
+    };
+    let with = if code.is_some() {
+        "recovery_code"
+    } else {
+        "totp"
+    };
     // verify/ needs no API token, so anyone can call it: a temp_token that is not good
     // is turned away by a read, before it can take a turn at the writer or at argon2.
     // (That it answers sooner than a wrong code tells nothing: temp_tokens are 256
@@ -417,62 +450,91 @@ async fn check_typed(st: &AppState, proof: Proof<'_>, typed: &str) -> Result<Che
         Proof::Login { temp_hash, .. } => {
             match st.store.get_temp_token_user(temp_hash, now()).await? {
                 Some(u) => u,
-                None => return Ok(Check::BadTempToken),
+                None => {
+                    let check = Check::BadTempToken;
+                    return Ok(Checked {
+                        check,
+                        user: None,
+                        with,
+                    });
+                }
             }
         }
         Proof::Owner { entity_id } => entity_id.to_string(),
     };
-    let code = match recovery::parse(typed) {
-        // Digits only are a TOTP code; so is anything that is no recovery code, which
-        // then counts as a malformed attempt.
-        Some(c) if !typed.trim().bytes().all(|b| b.is_ascii_digit()) => c,
-        _ => return st.store.check_user_code(proof, typed, now()).await,
+    let check = match code {
+        None => st.store.check_user_code(proof, typed, now()).await?,
+        Some(code) => {
+            let stored = st.store.get_recovery_hash(&user, &code.selector).await?;
+            let selector = code.selector.clone();
+            // One argon2 verify per attempt, an unknown selector included.
+            let matched = hashing(st, move || recovery::check(&code, stored.as_deref()))
+                .await
+                .map_err(|_| StoreError::Backend("recovery-code check failed".into()))?;
+            st.store
+                .spend_recovery_code(proof, &selector, matched, now())
+                .await?
+        }
     };
-    let stored = st.store.get_recovery_hash(&user, &code.selector).await?;
-    let selector = code.selector.clone();
-    // One argon2 verify per attempt, an unknown selector included.
-    let matched = hashing(st, move || recovery::check(&code, stored.as_deref()))
-        .await
-        .map_err(|_| StoreError::Backend("recovery-code check failed".into()))?;
-    st.store
-        .spend_recovery_code(proof, &selector, matched, now())
-        .await
+    let user = Some(user);
+    Ok(Checked { check, user, with })
 }
 
 /// The user confirms an action with a current code or a recovery code (`token`): a
 /// field error if it is missing or refused (and the refusal counts against the user).
+/// A refused confirmation is audited as a refusal of `action`; an accepted one is part
+/// of the action's own line.
 async fn confirm_owner(
     st: &AppState,
     entity_id: &str,
     token: Option<String>,
+    action: Action,
     what: &str,
 ) -> Result<(), DrfError> {
     let typed = token.ok_or_else(|| DrfError::required("token"))?;
-    match check_typed(st, Proof::Owner { entity_id }, &typed).await? {
+    let checked = check_typed(st, Proof::Owner { entity_id }, &typed).await?;
+    match checked.check {
         Check::NotActive => Err(DrfError::non_field(
             "Two-factor authentication is not active.",
         )),
         check if !settle(st, &format!("{what} code"), check) => {
+            record(st, action, verdict(check), entity_id, None);
             Err(DrfError::field("token", "Invalid code.", "invalid"))
         }
         _ => Ok(()),
     }
 }
 
+/// Why a check was refused; `None` if accepted.
+fn refusal(check: Check) -> Option<&'static str> {
+    match check {
+        Check::Accepted => None,
+        Check::BadTempToken => Some("bad_temp_token"),
+        Check::NotActive => Some("not_active"),
+        Check::Refused(r) => Some(r.as_str()),
+    }
+}
+
+/// A check as the audit log says it.
+fn verdict(check: Check) -> Verdict {
+    refusal(check).map_or(Verdict::Ok, Verdict::Refused)
+}
+
 /// Counts and logs the outcome of a check; true if accepted.
 fn settle(st: &AppState, what: &str, check: Check) -> bool {
-    let reason = match check {
-        Check::Accepted => {
-            st.metrics.verification("user_totp", "accepted");
-            return true;
-        }
-        Check::BadTempToken => "bad_temp_token",
-        Check::NotActive => "not_active",
-        Check::Refused(r) => r.as_str(),
+    let Some(reason) = refusal(check) else {
+        st.metrics.verification("user_totp", "accepted");
+        return true;
     };
     tracing::warn!(reason, "{what} refused");
     st.metrics.verification("user_totp", reason);
     false
+}
+
+/// Audits a decision about a user (and a device of theirs, if one is named).
+fn record(st: &AppState, action: Action, verdict: Verdict, user: &str, device: Option<&str>) {
+    let object = Object::User { user, device };
+    audit::record(st, Event::new(action, verdict, object));
 }
 
 // ----- challenge / verify -----
@@ -502,12 +564,15 @@ async fn challenge(
         )
         .await?;
     if !created {
+        let verdict = Verdict::Refused("not_active");
+        record(&st, Action::UserChallenge, verdict, &user, None);
         return Err(DrfError::field(
             "user",
             "This user has no active two-factor device.",
             "invalid",
         ));
     }
+    record(&st, Action::UserChallenge, Verdict::Ok, &user, None);
     ok(
         StatusCode::CREATED,
         json!({ "temp_token": temp, "expires_in": ttl }),
@@ -546,8 +611,16 @@ async fn verify(State(st): State<AppState>, extract::Json(req, _): Json<VerifyRe
         temp_hash: &temp_hash,
         login: &login,
     };
-    let check = check_typed(&st, proof, &req.token).await?;
-    if !settle(&st, "login code", check) {
+    let Checked { check, user, with } = check_typed(&st, proof, &req.token).await?;
+    let accepted = settle(&st, "login code", check);
+    let object = Object::Login {
+        user: user.as_deref(),
+        with,
+        accessor: accepted.then_some(login.accessor.as_str()),
+    };
+    let (action, verdict) = (Action::UserVerify, verdict(check));
+    audit::record(&st, Event::new(action, verdict, object));
+    if !accepted {
         return Err(DrfError::not_authenticated());
     }
     tracing::info!(accessor = %login.accessor, "login step passed; key issued");
@@ -579,7 +652,8 @@ async fn deactivate(
         None => {
             require(&who, "deactivate", Capability::Update)?;
             if st.login.deactivate_needs_code {
-                confirm_owner(&st, &who.entity_id, req.token, "deactivation").await?;
+                let action = Action::UserDeactivate;
+                confirm_owner(&st, &who.entity_id, req.token, action, "deactivation").await?;
             }
             who.entity_id.clone()
         }
@@ -591,6 +665,8 @@ async fn deactivate(
             None => DrfError::non_field("Two-factor authentication is not set up."),
         });
     }
+    let device = name.as_deref();
+    record(&st, Action::UserDeactivate, Verdict::Ok, &user, device);
     ok(
         StatusCode::OK,
         json!({ "detail": "Two-factor authentication deactivated." }),
@@ -645,7 +721,9 @@ async fn recovery_regenerate(
             ))
         }
         check if !settle(&st, "recovery-code renewal code", check) => {
-            return Err(DrfError::field("token", "Invalid code.", "invalid"))
+            let action = Action::UserRecoveryCodes;
+            record(&st, action, verdict(check), &who.entity_id, None);
+            return Err(DrfError::field("token", "Invalid code.", "invalid"));
         }
         _ => {}
     }
@@ -660,7 +738,56 @@ async fn recovery_regenerate(
             "Two-factor authentication is not active.",
         ));
     }
+    record(
+        &st,
+        Action::UserRecoveryCodes,
+        Verdict::Ok,
+        &who.entity_id,
+        None,
+    );
     ok(StatusCode::OK, json!({ "recovery_codes": shown }))
+}
+
+// ----- unlock (an operator's) -----
+
+#[derive(Deserialize)]
+struct UnlockReq {
+    user: String,
+}
+
+/// Clears a user's lock and failure count, so the right code gets in at once. For an
+/// application or operator with sudo on `api/v1/auth/totp/unlock`. Used codes stay used.
+async fn unlock(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<UnlockReq>,
+) -> Res {
+    require(&who, "unlock", Capability::Sudo)?;
+    let user = auth::entity_id(&req.user).map_err(|e| DrfError::field("user", &e, "invalid"))?;
+    let Some(cleared) = st.store.unlock_user(&user).await? else {
+        return Err(DrfError::field(
+            "user",
+            "This user has no two-factor device.",
+            "invalid",
+        ));
+    };
+    let was_locked = cleared.locked_until.is_some_and(|t| now() < t);
+    let verdict = if was_locked || cleared.failures > 0 {
+        Verdict::Ok
+    } else {
+        Verdict::Unchanged("not_locked")
+    };
+    record(&st, Action::UserUnlock, verdict, &user, None);
+    tracing::info!(user = %user, was_locked, failures = cleared.failures, "user unlocked");
+    ok(
+        StatusCode::OK,
+        json!({
+            "detail": "Unlocked.",
+            "user": user,
+            "was_locked": was_locked,
+            "failures": cleared.failures,
+        }),
+    )
 }
 
 /// The semaphore that bounds argon2 work, for the app state.

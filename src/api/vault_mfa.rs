@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::fields::{flex_int, flex_seconds};
 use super::vault::{self, Caller, Json, ListQuery, VaultError};
 use super::{extract, now, AppState, Surface};
+use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::{self, Capability};
 use crate::otp::{self, qr, uri, Params};
 use crate::store::{Clash, Enrollment, MethodRecord, StoreError, Thing};
@@ -41,6 +42,10 @@ fn routes() -> Router<AppState> {
             post(admin_destroy).put(admin_destroy),
         )
         .route(&format!("{BASE}/validate"), post(validate).put(validate))
+        .route(
+            &format!("{BASE}/admin-unlock"),
+            post(admin_unlock).put(admin_unlock),
+        )
         .route(
             &format!("{BASE}/{{method_id}}"),
             get(read).post(update).put(update).delete(delete),
@@ -248,6 +253,7 @@ async fn create(
         .create_method(&rec)
         .await
         .map_err(|e| method_error(e, &rec))?;
+    audit::record(&st, method_event(Action::MfaMethodCreate, &rec.id));
     Ok(vault::ok(&who.request_id, json!({ "method_id": rec.id })))
 }
 
@@ -266,6 +272,7 @@ async fn update(
         .update_method(&rec)
         .await
         .map_err(|e| method_error(e, &rec))?;
+    audit::record(&st, method_event(Action::MfaMethodUpdate, &rec.id));
     Ok(vault::no_content())
 }
 
@@ -293,6 +300,7 @@ async fn delete(State(st): State<AppState>, who: Caller, Path(raw): Path<String>
         Ok(secrets) => {
             // As Vault: the entities' secrets for the method go with it.
             tracing::info!(method_id = %id, secrets, "MFA method deleted with its entity secrets");
+            audit::record(&st, method_event(Action::MfaMethodDelete, &id));
             Ok(vault::no_content())
         }
         Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
@@ -332,17 +340,28 @@ struct MethodEntity {
 /// Generates a secret for `entity`. The store makes and keeps it only if the entity has
 /// none (one atomic call), and only a secret really created is rendered: a repeated
 /// `generate` costs a lookup, never an image.
-async fn generate_for(st: &AppState, who: &Caller, method_id: &str, entity: &str) -> Res {
+async fn generate_for(
+    st: &AppState,
+    who: &Caller,
+    action: Action,
+    method_id: &str,
+    entity: &str,
+) -> Res {
+    let object = Object::MfaSecret {
+        method_id,
+        entity_id: entity,
+    };
     let (method, secret) = match st.store.create_mfa_secret(method_id, entity, now()).await {
         Ok(Enrollment::Created { method, secret }) => (method, secret),
         Ok(Enrollment::Exists { method }) => {
+            audit::record(st, Event::new(action, Verdict::Unchanged("exists"), object));
             return Ok(vault::warning(
                 &who.request_id,
                 format!(
                     "Entity already has a secret for MFA method {:?}",
                     method.name.unwrap_or_default()
                 ),
-            ))
+            ));
         }
         Err(StoreError::NotFound(Thing::Method)) => return Err(no_such_method(method_id)),
         Err(e) => return Err(e.into()),
@@ -360,10 +379,16 @@ async fn generate_for(st: &AppState, who: &Caller, method_id: &str, entity: &str
     } else {
         String::new()
     };
+    audit::record(st, Event::new(action, Verdict::Ok, object));
     Ok(vault::ok(
         &who.request_id,
         json!({ "barcode": barcode, "url": url }),
     ))
+}
+
+/// A method's own event (create, update, delete), done.
+fn method_event(action: Action, method_id: &str) -> Event<'_> {
+    Event::new(action, Verdict::Ok, Object::Method { method_id })
 }
 
 /// The QR image of `url`, base64 PNG: a few milliseconds of pixel work, off the async
@@ -391,7 +416,7 @@ async fn generate(
     who.require_any(&format!("{ACL}/generate"), auth::WRITE)?;
     let id = method_id("method_id", &req.method_id)?;
     let entity = who.entity_id.clone();
-    generate_for(&st, &who, &id, &entity).await
+    generate_for(&st, &who, Action::MfaGenerate, &id, &entity).await
 }
 
 /// Checks sudo on an admin path and returns (method_id, entity_id) from the body.
@@ -413,7 +438,7 @@ async fn admin_generate(
     extract::Json(req, _): Json<MethodEntity>,
 ) -> Res {
     let (id, entity) = admin_target(&who, &format!("{ACL}/admin-generate"), req)?;
-    generate_for(&st, &who, &id, &entity).await
+    generate_for(&st, &who, Action::MfaAdminGenerate, &id, &entity).await
 }
 
 async fn admin_destroy(
@@ -423,7 +448,19 @@ async fn admin_destroy(
 ) -> Res {
     let (id, entity) = admin_target(&who, &format!("{ACL}/admin-destroy"), req)?;
     match st.store.delete_mfa_secret(&id, &entity).await {
-        Ok(_) => Ok(vault::no_content()),
+        Ok(destroyed) => {
+            let verdict = if destroyed {
+                Verdict::Ok
+            } else {
+                Verdict::Unchanged("absent")
+            };
+            let object = Object::MfaSecret {
+                method_id: &id,
+                entity_id: &entity,
+            };
+            audit::record(&st, Event::new(Action::MfaAdminDestroy, verdict, object));
+            Ok(vault::no_content())
+        }
         Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
         Err(e) => Err(e.into()),
     }
@@ -460,11 +497,22 @@ async fn validate(
         }
         None => who.entity_id.clone(),
     };
-    match st
+    let outcome = st
         .store
         .check_and_record_mfa_code(&id, &entity, &passcode, now())
-        .await
-    {
+        .await;
+    if let Ok(o) = &outcome {
+        let verdict = match o {
+            otp::Outcome::Accepted { .. } => Verdict::Ok,
+            otp::Outcome::Refused(r) => Verdict::Refused(r.as_str()),
+        };
+        let object = Object::MfaSecret {
+            method_id: &id,
+            entity_id: &entity,
+        };
+        audit::record(&st, Event::new(Action::MfaValidate, verdict, object));
+    }
+    match outcome {
         Ok(otp::Outcome::Accepted { .. }) => {
             st.metrics.verification("vault_mfa", "accepted");
             Ok(vault::ok(&who.request_id, json!({ "valid": true })))
@@ -475,9 +523,52 @@ async fn validate(
             Err(VaultError::new(StatusCode::FORBIDDEN, "invalid passcode"))
         }
         Err(StoreError::NotFound(Thing::Method)) => Err(no_such_method(&id)),
-        Err(StoreError::NotFound(Thing::MfaSecret)) => Err(VaultError::bad_request(
-            "entity_id: the entity has no TOTP secret for this method (generate one first)",
-        )),
+        Err(StoreError::NotFound(Thing::MfaSecret)) => Err(no_secret()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Clears an entity's lock and failure count for a method, so the right code gets in at
+/// once (Vault has no way to: hashicorp/vault#14864). Sudo, as the other admin routes.
+/// The replay record stays: a used code stays used.
+async fn admin_unlock(
+    State(st): State<AppState>,
+    who: Caller,
+    extract::Json(req, _): Json<MethodEntity>,
+) -> Res {
+    let (id, entity) = admin_target(&who, &format!("{ACL}/admin-unlock"), req)?;
+    let cleared = match st.store.unlock_mfa_secret(&id, &entity).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(Thing::Method)) => return Err(no_such_method(&id)),
+        Err(StoreError::NotFound(Thing::MfaSecret)) => return Err(no_secret()),
+        Err(e) => return Err(e.into()),
+    };
+    let now = now();
+    let was_locked = cleared.locked_until.is_some_and(|t| now < t);
+    let verdict = if was_locked || cleared.failures > 0 {
+        Verdict::Ok
+    } else {
+        Verdict::Unchanged("not_locked")
+    };
+    let object = Object::MfaSecret {
+        method_id: &id,
+        entity_id: &entity,
+    };
+    audit::record(&st, Event::new(Action::MfaAdminUnlock, verdict, object));
+    tracing::info!(method_id = %id, entity = %entity, was_locked, failures = cleared.failures, "MFA secret unlocked");
+    Ok(vault::ok(
+        &who.request_id,
+        json!({
+            "method_id": id,
+            "entity_id": entity,
+            "was_locked": was_locked,
+            "failures": cleared.failures,
+        }),
+    ))
+}
+
+fn no_secret() -> VaultError {
+    VaultError::bad_request(
+        "entity_id: the entity has no TOTP secret for this method (generate one first)",
+    )
 }

@@ -12,6 +12,7 @@ use tower::Layer;
 use tracing::Instrument;
 
 use crate::api::{self, now, AppState, Ctx};
+use crate::audit;
 use crate::auth::{self, Peer};
 use crate::store::StoreError;
 
@@ -105,6 +106,14 @@ pub fn normalize(mut req: Request) -> Request {
     req
 }
 
+/// The route template the request matched (`/v1/auth/{mount}/totp`), never the raw path.
+fn matched_route(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "<unmatched>".into())
+}
+
 /// A client's request id is echoed if it is short printable ASCII; else a new one is made.
 fn request_id(req: &Request) -> String {
     req.headers()
@@ -124,11 +133,7 @@ fn request_id(req: &Request) -> String {
 /// serving the request (a 500's included) says which request it belongs to.
 async fn middleware(State(st): State<MwState>, req: Request, next: Next) -> Response {
     let rid = request_id(&req);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "<unmatched>".into());
+    let route = matched_route(&req);
     // Debug-quoted: client-chosen text cannot forge fields in the line.
     let span = tracing::info_span!("request", request_id = ?rid, route = %route);
     serve_request(st, rid, req, next).instrument(span).await
@@ -184,10 +189,11 @@ async fn route(st: &MwState, rid: &str, mut req: Request, next: Next) -> (Respon
     }
     let ctx = Ctx::new(rid.to_string(), caller);
     let entity = ctx.entity().unwrap_or("-").to_string();
-    req.extensions_mut().insert(ctx);
+    req.extensions_mut().insert(ctx.clone());
 
     let path = req.uri().path().to_string();
-    let mut resp = next.run(req).await;
+    let (method, route) = (req.method().clone(), matched_route(&req));
+    let mut resp = audit::serve(&st.app, &ctx, &method, &route, &path, next.run(req)).await;
 
     // Extractor rejections (a bad query string, a path that is not UTF-8) come from the
     // routing layer as text/plain; every client error leaves in its surface's shape.

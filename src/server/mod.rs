@@ -23,7 +23,7 @@ use crate::api::{self, AppState};
 use crate::auth::{self, Peer};
 use crate::config::ServeConfig;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{KeySource, Store, StoreError};
+use crate::store::{Store, StoreError};
 use http::App;
 use listen::Listener;
 
@@ -56,11 +56,9 @@ pub async fn daemon(
     let mut opts = SqliteOptions::new(&cfg.db);
     opts.readers = cfg.readers.unwrap_or(opts.readers);
     opts.read_queue = cfg.read_queue.unwrap_or(opts.read_queue);
-    let keys = KeySource {
-        allow_group_readable: cfg.key_group_readable,
-        credentials_dir: cfg.credentials_dir.clone(),
-        key_file: cfg.key_file.clone(),
-    };
+    opts.rotate_batch = cfg.rotate_batch.unwrap_or(opts.rotate_batch);
+    opts.rotate_pause = cfg.rotate_pause.unwrap_or(opts.rotate_pause);
+    let keys = cfg.key_source();
     // Named in the error: under systemd the key is the credential, not the file.
     let key_origin = keys.origin();
     let (opened, key) = tokio::task::spawn_blocking(move || SqliteStore::open_with_keys(&opts, &keys))
@@ -71,6 +69,12 @@ pub async fn daemon(
                 "the key in {} does not open database {}: it is not the key this database was created with",
                 key_origin.display(),
                 cfg.db.display()
+            )),
+            StoreError::MissingKey(id) => ServerError::Config(format!(
+                "database {} holds values sealed with key id {id}, which the key ring in {} does not hold: \
+                 put key {id} back in the ring (a key may leave the ring only once `totpd key rotate` says no value uses it)",
+                cfg.db.display(),
+                key_origin.display()
             )),
             other => ServerError::Store(other),
         })?;
@@ -83,12 +87,17 @@ pub async fn daemon(
         if cfg.dev && opened.created {
             create_root_token(&cfg, store.as_ref()).await?;
         }
-        let listeners = bind(&cfg, inherited).await?;
-        tracing::info!(mounts = ?mounts.names(), "policy token mounts");
+        // The audit file opens before anything listens: a wrong path stops the start.
         let state = AppState::new(store.clone())
             .with_mounts(mounts)
             .with_login(cfg.login.clone())
-            .with_tokens(cfg.tokens);
+            .with_tokens(cfg.tokens)
+            .with_audit(&cfg.audit)
+            .map_err(ServerError::Config)?;
+        let audit = state.audit.clone();
+        let listeners = bind(&cfg, inherited).await?;
+        tracing::info!(mounts = ?state.mounts.names(), "policy token mounts");
+        api::sys::keys::resume(store.as_ref()).await;
         let metrics = state.metrics.clone();
         let app = http::app(state, nix::unistd::getuid().as_raw());
         let limits = ConnLimits {
@@ -100,6 +109,8 @@ pub async fn daemon(
         run(listeners, app, limits, shutdown).await;
         purge.abort();
         clock.abort();
+        // The last lines reach the audit file before the daemon exits.
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
         Ok(())
     }
     .await;

@@ -40,6 +40,9 @@ pub enum StoreError {
     Closed,
     #[error("the configured key does not open this database's secrets: it is not the key this database was created with")]
     WrongKey,
+    /// Sealed values name a key id the key ring does not hold.
+    #[error("sealed values in the database use key id {0}, which the key ring does not hold")]
+    MissingKey(u8),
     #[error("database schema version {found} is newer than this totpd understands ({known})")]
     TooNew { found: i64, known: i64 },
     /// A stored row does not hold what the schema promises (or a sealed value does not open).
@@ -459,6 +462,10 @@ pub trait UserTotpStore {
     ) -> Result<bool, StoreError>;
     /// How many of the user's recovery codes are unspent.
     async fn count_recovery_codes(&self, entity_id: &str) -> Result<usize, StoreError>;
+    /// An operator's unlock: clears the user's lock and failure count, in one write. Used
+    /// steps and spent recovery codes stay used. Returns the lock state it cleared, or
+    /// `None` (nothing changed) if the user has no device, active or pending.
+    async fn unlock_user(&self, entity_id: &str) -> Result<Option<otp::LockState>, StoreError>;
 }
 
 /// Vault identity MFA TOTP methods, and the secrets entities hold for them.
@@ -502,6 +509,14 @@ pub trait MfaStore {
         code: &str,
         now: i64,
     ) -> Result<otp::Outcome, StoreError>;
+    /// An operator's unlock: clears the lock and the failure count of the entity's secret
+    /// for the method, in one write. Its replay record stays (a used code stays used).
+    /// Returns the lock state it cleared. `NotFound(Method)` or `NotFound(MfaSecret)`.
+    async fn unlock_mfa_secret(
+        &self,
+        method_id: &str,
+        entity_id: &str,
+    ) -> Result<otp::LockState, StoreError>;
 }
 
 /// The authenticator app for agents: secrets scoped to their owning entity, so another
@@ -528,11 +543,308 @@ pub trait AgentStore {
     ) -> Result<Option<(Vec<u8>, Params)>, StoreError>;
 }
 
+/// The writer's load, as `sys/status` and the metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Write operations waiting to run.
+    pub queue_depth: u64,
+    /// Write operations per committed transaction, since the store opened.
+    pub batch_sizes: crate::metrics::Histogram,
+}
+
+/// A consistent copy of the whole database, made by [`OpsStore::backup_database`].
+#[derive(Debug)]
+pub struct BackupCopy {
+    /// The copy, open for reading from its start. Its name is already gone (nothing to
+    /// clean up, even if the reader stops half way): dropping it frees the space.
+    pub file: std::fs::File,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// What operators look at and take away: sizes and counts, the writer's load, backups.
+/// Nothing here reads or returns secret material.
+#[async_trait]
+pub trait OpsStore {
+    /// Rows per table, every table of the store (secrets, tokens and the rest counted,
+    /// never read), sorted by table name.
+    async fn count_rows(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Bytes the database takes on disk now (for SQLite the main file and its
+    /// write-ahead log). Cheap: no query.
+    fn database_bytes(&self) -> u64;
+    /// The writer's queue depth and batch sizes now (zeros for a backend without a
+    /// single writer). Cheap: no query.
+    fn writer_stats(&self) -> WriterStats;
+    /// The id of the sealing key that new secrets are sealed with.
+    fn seal_key_id(&self) -> u8;
+    /// A consistent copy of the whole database as of one moment, taken while every other
+    /// call goes on (writes included); one copy at a time, later calls wait their turn.
+    async fn backup_database(&self) -> Result<BackupCopy, StoreError>;
+    /// Records that a backup taken at `at` (unix seconds) was delivered.
+    async fn record_backup(&self, at: i64) -> Result<(), StoreError>;
+    /// When the last recorded backup was taken, if one was.
+    async fn last_backup(&self) -> Result<Option<i64>, StoreError>;
+}
+
+/// The sealing keys as the store sees them (see [`KeyStore::key_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The id of the key new values are sealed with: the key ring's current key.
+    pub current: u8,
+    /// Every key id of the ring, ascending.
+    pub ring: Vec<u8>,
+    /// Sealed values per key id (ids sealing none left out).
+    pub sealed: std::collections::BTreeMap<u8, u64>,
+    /// The latest rotation: running or not, and what it did.
+    pub rotation: RotationProgress,
+}
+
+impl KeyStatus {
+    /// Sealed values under a key other than the current one.
+    pub fn old_values(&self) -> u64 {
+        self.sealed
+            .iter()
+            .filter(|(id, _)| **id != self.current)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Key ids of the ring that seal no value (the current one excepted): they may
+    /// leave the ring.
+    pub fn unused(&self) -> Vec<u8> {
+        self.ring
+            .iter()
+            .copied()
+            .filter(|id| *id != self.current && self.sealed.get(id).copied().unwrap_or(0) == 0)
+            .collect()
+    }
+}
+
+/// What the latest rotation did (see [`KeyStore::start_key_rotation`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotationProgress {
+    /// Whether it is re-sealing now.
+    pub running: bool,
+    /// Values it re-sealed under the current key.
+    pub resealed: u64,
+    /// Values it left alone because they changed or went between its read and its
+    /// write (a later pass reads them again).
+    pub skipped: u64,
+    /// Why it stopped before every value used the current key, if it did.
+    pub error: Option<String>,
+}
+
+/// The sealing keys: which key seals, which keys the sealed values use, and rotation:
+/// re-sealing every value under the key ring's current key.
+#[async_trait]
+pub trait KeyStore {
+    /// The key ring's ids and current key, the sealed values per key id (counted now),
+    /// and the latest rotation's progress.
+    async fn key_status(&self) -> Result<KeyStatus, StoreError>;
+    /// Starts re-sealing, in the background, every sealed value whose key id is not the
+    /// current one, unless a rotation runs already (there is never a second), and
+    /// returns at once with the status. Nothing starts when no value uses an old key.
+    ///
+    /// Re-sealing keeps each value's row binding (its associated data), and is done in
+    /// batches, each one atomic on its own, so other calls go on between them. Each
+    /// value is replaced by a compare-and-swap: only if it is still the one read, so a
+    /// value deleted or replaced meanwhile stays deleted or replaced, and the state a
+    /// concurrent verification records is never lost. A crash at any point leaves every
+    /// value sealed under either its old key or the current one.
+    async fn start_key_rotation(&self) -> Result<KeyStatus, StoreError>;
+    /// Sealed values per key id as last counted (at open, by `key_status`, and by a
+    /// rotation as it goes): cheap, for metrics.
+    fn sealed_counts(&self) -> std::collections::BTreeMap<u8, u64>;
+}
+
+/// Which secrets an export takes (see [`TransferStore::export_secrets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportScope<'a> {
+    /// Every secret of every surface, and every MFA method.
+    All,
+    /// The secrets this entity holds, and the MFA methods its enrolments use.
+    Entity(&'a str),
+}
+
+/// Who holds a moved secret, and what binds it there: what an import matches on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A Vault identity MFA enrolment: the entity's one secret for the method.
+    VaultMfa {
+        method_id: String,
+        entity_id: String,
+    },
+    /// An agent secret: its id (none from a plain otpauth URI), owner, label and issuer.
+    Agent {
+        entity_id: String,
+        id: Option<String>,
+        label: String,
+        issuer: Option<String>,
+    },
+    /// A device of a login-step user, pending or active, by its name.
+    UserDevice {
+        entity_id: String,
+        name: String,
+        active: bool,
+    },
+}
+
+impl Holder {
+    pub fn entity_id(&self) -> &str {
+        match self {
+            Holder::VaultMfa { entity_id, .. }
+            | Holder::Agent { entity_id, .. }
+            | Holder::UserDevice { entity_id, .. } => entity_id,
+        }
+    }
+}
+
+/// One TOTP secret, opened, with what it takes to recreate it in another store. Its
+/// `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MovedSecret {
+    pub holder: Holder,
+    pub secret: Vec<u8>,
+    pub params: Params,
+    /// The last accepted time step: carried over, so that a spent code stays spent.
+    pub last_step: Option<i64>,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for MovedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MovedSecret")
+            .field("holder", &self.holder)
+            .field("params", &self.params)
+            .field("last_step", &self.last_step)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An unspent recovery code of a login-step user, as stored (its argon2id hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedRecoveryCode {
+    pub entity_id: String,
+    pub code: RecoveryHash,
+}
+
+/// Secrets moving between stores: what an export returns and an import takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub methods: Vec<MethodRecord>,
+    pub secrets: Vec<MovedSecret>,
+    pub recovery_codes: Vec<MovedRecoveryCode>,
+}
+
+/// What an import did with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    /// Already here, left as it is: a secret with the same kind, entity and binding
+    /// (method, agent id, device name), a method with the same id and configuration,
+    /// or the recovery codes of a user who was active here already.
+    Exists,
+    Refused(ImportRefusal),
+}
+
+/// Why an import left an entry out (the rest of the import goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportRefusal {
+    /// A method with this id exists here with another configuration.
+    MethodDiffers,
+    /// Another method here has this method's name.
+    MethodNameTaken,
+    /// The enrolment's method is neither here nor in the import.
+    NoMethod,
+    /// The enrolment's method was refused in this import.
+    MethodRefused,
+    /// The agent secret's id is another entity's here, or another secret's.
+    IdTaken,
+    /// The user has [`MAX_USER_DEVICES`] devices here.
+    TooManyDevices,
+    /// Recovery codes for a user left without an active device.
+    NotActive,
+}
+
+impl ImportRefusal {
+    /// A short name for answers and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ImportRefusal::MethodDiffers => "method_differs",
+            ImportRefusal::MethodNameTaken => "method_name_taken",
+            ImportRefusal::NoMethod => "no_method",
+            ImportRefusal::MethodRefused => "method_refused",
+            ImportRefusal::IdTaken => "id_taken",
+            ImportRefusal::TooManyDevices => "too_many_devices",
+            ImportRefusal::NotActive => "not_active",
+        }
+    }
+}
+
+/// What [`TransferStore::import_secrets`] did, entry by entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// One per method of the transfer, in its order.
+    pub methods: Vec<Imported>,
+    /// One per secret of the transfer, in its order, with the id of the agent secret it
+    /// created or found (a new one when the transfer gave none).
+    pub secrets: Vec<(Imported, Option<String>)>,
+    /// One per user whose recovery codes the transfer holds, by entity id.
+    pub recovery_codes: Vec<(String, Imported)>,
+}
+
+/// Export and import: secrets leave opened (for `totpd export`, which seals them
+/// again under a passphrase or writes otpauth URIs) and arrive to be sealed here.
+#[async_trait]
+pub trait TransferStore {
+    /// Every secret in `scope`, opened, with its holder, parameters and last accepted
+    /// step; the MFA methods (all of them, or the entity's enrolments' methods); and
+    /// the unspent recovery codes (hashes) of the users with an active device. One
+    /// consistent read.
+    async fn export_secrets(&self, scope: ExportScope<'_>) -> Result<Transfer, StoreError>;
+    /// Creates what is missing of `t`, in one transaction, atomic against every
+    /// concurrent call; nothing here is overwritten. Methods first: one with a free id
+    /// and name is created as it is, one with this id and configuration is used as it
+    /// is, any other is refused, and so are its enrolments. Then each secret, unless
+    /// one with the same binding is here (an entity's enrolment for the method, an agent
+    /// id, a user's device name): sealed anew, with its last accepted step. Then the
+    /// recovery codes of a user that had no active device before and has one now.
+    async fn import_secrets(&self, t: &Transfer, now: i64) -> Result<ImportReport, StoreError>;
+}
+
 /// Every area of the store, as one handle the app holds.
 pub trait Store:
-    TokenStore + PolicyStore + PolicyTokenStore + MfaStore + AgentStore + UserTotpStore + Send + Sync
+    TokenStore
+    + PolicyStore
+    + PolicyTokenStore
+    + MfaStore
+    + AgentStore
+    + UserTotpStore
+    + OpsStore
+    + KeyStore
+    + TransferStore
+    + Send
+    + Sync
 {
     /// Finishes queued writes and closes the database; later calls fail with `Closed`.
     /// Blocks: call it off the async workers.
     fn close(&self);
+
+    /// Locks begun since the store was opened, by area: a lock begins when a refused
+    /// attempt reaches the limit of consecutive failures. Only the store sees that moment
+    /// (it runs the verification inside its write), so it counts them, for
+    /// `totpd_lockouts_total`. A backend that does not count reports none.
+    fn lockouts(&self) -> Lockouts {
+        Lockouts::default()
+    }
+}
+
+/// Locks begun since a store was opened (see [`Store::lockouts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lockouts {
+    /// Vault identity MFA secrets (`validate`).
+    pub vault_mfa: u64,
+    /// Users of the login step (`verify`, `activate`, confirmations, recovery codes).
+    pub user_totp: u64,
 }

@@ -44,6 +44,12 @@ KNOWN = [
         "totpd is one process, not a cluster: no cluster name or id, no replication",
     ),
     (
+        "sys: read_health_status GET",
+        "body: keys only in totpd: audit_ok, clock_synchronized",
+        "totpd's own health facts: whether its audit log is being written, and whether "
+        "the kernel keeps the clock in sync (a TOTP code is only as right as the clock)",
+    ),
+    (
         "sys: read_seal_status",
         "body: keys only in openbao: commit_date",
         "OpenBao renamed HashiCorp Vault's build_date to commit_date; totpd answers as "

@@ -12,8 +12,14 @@ use serde_json::{json, Value};
 use super::fields::{flex_seconds, rfc3339};
 use super::vault::{self, Caller, Json, ListQuery, VaultError};
 use super::{extract, nitride, now, AppState, Surface};
+use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::{self, Capability, Policy};
 use crate::store::TokenRecord;
+
+pub mod backup;
+pub mod export;
+pub mod keys;
+mod status;
 
 /// The system API: health, OpenAPI, metrics, tokens and ACL policies, in Vault's shape.
 pub const SURFACE: Surface = Surface {
@@ -52,11 +58,15 @@ fn routes() -> Router<AppState> {
                 .post(policy_write)
                 .delete(policy_delete),
         )
+        .merge(backup::routes())
+        .merge(export::routes())
+        .merge(status::routes())
+        .merge(keys::routes())
 }
 
 type Res = Result<Response, VaultError>;
 
-async fn health() -> Response {
+async fn health(State(st): State<AppState>) -> Response {
     axum::Json(json!({
         "initialized": true,
         "sealed": false,
@@ -65,6 +75,8 @@ async fn health() -> Response {
         "server_time_utc": now(),
         // TOTP is only as right as the clock; null when the kernel would not say.
         "clock_synchronized": crate::clock::synchronized(),
+        // False while the audit file cannot be written (see --audit-fail).
+        "audit_ok": st.audit.healthy(),
     }))
     .into_response()
 }
@@ -98,11 +110,18 @@ async fn seal_status() -> Response {
 
 async fn metrics(State(st): State<AppState>, who: Caller) -> Res {
     who.require("sys/metrics", Capability::Read)?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
-        .into_response())
+    let mut text = st.metrics.render();
+    let writer = st.store.writer_stats();
+    text.push_str(&crate::metrics::render_store(
+        writer.queue_depth,
+        &writer.batch_sizes,
+        st.store.database_bytes(),
+    ));
+    text.push_str(&crate::metrics::render_lockouts(&st.store.lockouts()));
+    text.push_str(&crate::metrics::render_sealed_rows(
+        &st.store.sealed_counts(),
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn openapi() -> Response {
@@ -286,6 +305,12 @@ async fn token_create(
         last_renewal: None,
     };
     st.store.create_token(&rec).await?;
+    let object = Object::Token {
+        accessor: Some(&rec.accessor),
+        entity_id: Some(&rec.entity_id),
+        policies: Some(&rec.policies),
+    };
+    audit::record(&st, Event::new(Action::TokenCreate, Verdict::Ok, object));
     Ok(vault::auth(&who.request_id, auth_data(&token, &rec, now)))
 }
 
@@ -424,7 +449,9 @@ async fn token_revoke_accessor(
     if accessor.is_empty() {
         return Err(VaultError::bad_request("accessor: missing"));
     }
-    st.store.revoke_token_by_accessor(accessor).await?;
+    let revoked = st.store.revoke_token_by_accessor(accessor).await?;
+    // Named only if it was one: a token pasted here by mistake must not reach the log.
+    revoked_event(&st, (revoked > 0).then_some(accessor), revoked);
     Ok(vault::no_content())
 }
 
@@ -437,9 +464,11 @@ async fn token_revoke(
     if req.token.trim().is_empty() {
         return Err(VaultError::bad_request("token: missing"));
     }
-    st.store
-        .revoke_token(&auth::hash_token(req.token.trim()))
-        .await?;
+    let hash = auth::hash_token(req.token.trim());
+    // Its accessor names it in the audit log (the token itself never goes there).
+    let accessor = st.store.get_token(&hash, now()).await?.map(|t| t.accessor);
+    let revoked = st.store.revoke_token(&hash).await?;
+    revoked_event(&st, accessor.as_deref(), revoked);
     Ok(vault::no_content())
 }
 
@@ -448,8 +477,24 @@ async fn token_revoke_self(State(st): State<AppState>, who: Caller) -> Res {
     let t = who.token.as_ref().ok_or_else(|| {
         VaultError::bad_request("no token to revoke: the caller is a socket peer")
     })?;
-    st.store.revoke_token(&t.hash).await?;
+    let revoked = st.store.revoke_token(&t.hash).await?;
+    revoked_event(&st, Some(&t.accessor), revoked);
     Ok(vault::no_content())
+}
+
+/// Audits a revocation (`revoked` tokens went, children included).
+fn revoked_event(st: &AppState, accessor: Option<&str>, revoked: usize) {
+    let verdict = if revoked > 0 {
+        Verdict::Ok
+    } else {
+        Verdict::Unchanged("absent")
+    };
+    let object = Object::Token {
+        accessor,
+        entity_id: None,
+        policies: None,
+    };
+    audit::record(st, Event::new(Action::TokenRevoke, verdict, object));
 }
 
 /// `{increment?}`, and `{token}` for `renew`: how long a renewal asks for.
@@ -521,6 +566,12 @@ async fn renew(st: &AppState, request_id: &str, token: &str, increment: Option<i
     if !st.store.renew_token(&hash, now, expires_at).await? {
         return Err(VaultError::bad_request("invalid token"));
     }
+    let object = Object::Token {
+        accessor: Some(&rec.accessor),
+        entity_id: None,
+        policies: None,
+    };
+    audit::record(st, Event::new(Action::TokenRenew, Verdict::Ok, object));
     rec.expires_at = Some(expires_at);
     rec.last_renewal = Some(now);
     Ok(vault::auth(request_id, auth_data(token, &rec, now)))
@@ -615,7 +666,10 @@ async fn policy_write(
                 return Err(VaultError::denied());
             }
         }
-        None => st.store.put_policy(&name, &document, now()).await?,
+        None => {
+            st.store.put_policy(&name, &document, now()).await?;
+            policy_event(&st, Action::PolicyWrite, &name, true);
+        }
     }
     Ok(vault::no_content())
 }
@@ -628,8 +682,20 @@ async fn policy_delete(State(st): State<AppState>, who: Caller, Path(raw): Path<
             "cannot delete the built-in {name:?} policy"
         )));
     }
-    st.store.delete_policy(&name).await?;
+    let deleted = st.store.delete_policy(&name).await?;
+    policy_event(&st, Action::PolicyDelete, &name, deleted);
     Ok(vault::no_content())
+}
+
+/// Audits a policy written or deleted (`changed`: false when there was none to delete).
+fn policy_event(st: &AppState, action: Action, policy: &str, changed: bool) {
+    let verdict = if changed {
+        Verdict::Ok
+    } else {
+        Verdict::Unchanged("absent")
+    };
+    let object = Object::Policy { policy };
+    audit::record(st, Event::new(action, verdict, object));
 }
 
 #[cfg(test)]

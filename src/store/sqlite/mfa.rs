@@ -8,10 +8,10 @@ use super::SqliteStore;
 use crate::otp;
 use crate::store::{Clash, Enrollment, MethodRecord, MfaStore, StoreError, Thing};
 
-const METHOD_COLS: &str = "id, name, issuer, period, key_size, qr_size, algorithm, digits, skew, max_validation_attempts, created_at";
+pub(super) const METHOD_COLS: &str = "id, name, issuer, period, key_size, qr_size, algorithm, digits, skew, max_validation_attempts, created_at";
 
 /// A row as SQLite types it; checked into a [`MethodRecord`] by [`MethodRow::check`].
-struct MethodRow {
+pub(super) struct MethodRow {
     id: String,
     name: Option<String>,
     issuer: String,
@@ -26,7 +26,7 @@ struct MethodRow {
 }
 
 impl MethodRow {
-    fn read(r: &rusqlite::Row) -> rusqlite::Result<MethodRow> {
+    pub(super) fn read(r: &rusqlite::Row) -> rusqlite::Result<MethodRow> {
         Ok(MethodRow {
             id: r.get(0)?,
             name: r.get(1)?,
@@ -42,7 +42,7 @@ impl MethodRow {
         })
     }
 
-    fn check(self) -> Result<MethodRecord, StoreError> {
+    pub(super) fn check(self) -> Result<MethodRecord, StoreError> {
         let params = params_of_row(
             "mfa_methods",
             &self.id,
@@ -72,7 +72,7 @@ impl MethodRow {
     }
 }
 
-fn get_method(c: &Connection, id: &str) -> Result<Option<MethodRecord>, StoreError> {
+pub(super) fn get_method(c: &Connection, id: &str) -> Result<Option<MethodRecord>, StoreError> {
     c.prepare_cached(&format!(
         "SELECT {METHOD_COLS} FROM mfa_methods WHERE id = ?1"
     ))?
@@ -255,12 +255,35 @@ impl MfaStore for SqliteStore {
             code.to_string(),
         );
         let sealer = self.sealer.clone();
+        let (outcome, began) = self
+            .write(move |c| {
+                let m = require_method(c, &method_id)?;
+                let sid = secret_id(c, &method_id, &entity_id)?
+                    .ok_or(StoreError::NotFound(Thing::MfaSecret))?;
+                otp_secrets::check_and_record(c, &sealer, &sid, &code, now, &m.window())?
+                    .ok_or(StoreError::NotFound(Thing::MfaSecret))
+            })
+            .await?;
+        // Counted once committed: the writer answers only after the commit.
+        if began {
+            self.lockouts
+                .vault_mfa
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    async fn unlock_mfa_secret(
+        &self,
+        method_id: &str,
+        entity_id: &str,
+    ) -> Result<otp::LockState, StoreError> {
+        let (method_id, entity_id) = (method_id.to_string(), entity_id.to_string());
         self.write(move |c| {
-            let m = require_method(c, &method_id)?;
+            require_method(c, &method_id)?;
             let sid = secret_id(c, &method_id, &entity_id)?
                 .ok_or(StoreError::NotFound(Thing::MfaSecret))?;
-            otp_secrets::check_and_record(c, &sealer, &sid, &code, now, &m.window())?
-                .ok_or(StoreError::NotFound(Thing::MfaSecret))
+            otp_secrets::unlock(c, &sid)?.ok_or(StoreError::NotFound(Thing::MfaSecret))
         })
         .await
     }

@@ -7,11 +7,14 @@
 //! (`<db>.lock`) for as long as the store is open: one daemon per database.
 
 mod agent;
+mod backup;
+mod export;
 mod mfa;
 mod migrate;
 mod otp_secrets;
 mod policy_tokens;
 mod readers;
+mod rotate;
 mod user_totp;
 mod writer;
 
@@ -28,6 +31,7 @@ use super::{Clash, PolicyStore, Sealer, Store, StoreError, TokenRecord, TokenSto
 use readers::Readers;
 use writer::Writer;
 
+pub use backup::{backup_offline, check_backup, restore, Restored};
 pub use migrate::schema_version;
 
 const KEY_CHECK_AAD: &str = "totpd/v1/meta/key_check";
@@ -41,6 +45,10 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// Reads that may wait for a free connection; past that, `Unavailable`.
     pub read_queue: usize,
+    /// Values a key rotation re-seals per write operation ([`rotate`]).
+    pub rotate_batch: usize,
+    /// How long a key rotation waits between batches (tests slow it down with this).
+    pub rotate_pause: Duration,
 }
 
 impl SqliteOptions {
@@ -52,6 +60,8 @@ impl SqliteOptions {
             path: path.into(),
             readers: (2 * cores).clamp(2, 16),
             read_queue: 1024,
+            rotate_batch: 200,
+            rotate_pause: Duration::ZERO,
         }
     }
 }
@@ -63,6 +73,23 @@ pub struct SqliteStore {
     sealer: Sealer,
     /// Held while the store is open; released by `close`.
     lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
+    /// The database file, for its size and for backups beside it.
+    path: PathBuf,
+    /// One backup at a time ([`backup`]).
+    backups: tokio::sync::Mutex<()>,
+    /// Locks begun, counted once their write is committed ([`Store::lockouts`]).
+    lockouts: LockCounts,
+    /// The store itself, for the key rotation running beside it ([`rotate`]).
+    me: std::sync::Weak<SqliteStore>,
+    /// The key rotation's progress and the sealed values per key id.
+    rotation: rotate::Rotation,
+}
+
+/// Locks begun since the store was opened, by area.
+#[derive(Default)]
+struct LockCounts {
+    vault_mfa: std::sync::atomic::AtomicU64,
+    user_totp: std::sync::atomic::AtomicU64,
 }
 
 /// The result of opening: the store, and whether the database was created just now.
@@ -88,7 +115,7 @@ impl SqliteStore {
             )));
         }
         let key = keys.load_or_create()?;
-        let opened = Self::open_locked(opts, Sealer::new(&key.key), lock)?;
+        let opened = Self::open_locked(opts, key.sealer(), lock)?;
         Ok((opened, key))
     }
 
@@ -119,16 +146,22 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA journal_mode = WAL;")?;
         let created = migrate::migrate(&mut conn)?;
         check_key(&conn, &sealer)?;
+        let sealed = rotate::check_sealed(&conn, &sealer)?;
         // Readers open after the schema exists, so their first read sees it.
         let readers = Readers::start(path, opts.readers, opts.read_queue)?;
         let writer = Writer::start(conn)
             .map_err(|e| StoreError::Setup(format!("cannot start the writer: {e}")))?;
         Ok(Opened {
-            store: Arc::new(SqliteStore {
+            store: Arc::new_cyclic(|me| SqliteStore {
                 writer,
                 readers,
                 sealer,
                 lock: Mutex::new(Some(lock)),
+                path: path.clone(),
+                backups: tokio::sync::Mutex::new(()),
+                lockouts: LockCounts::default(),
+                me: me.clone(),
+                rotation: rotate::Rotation::new(sealed, opts.rotate_batch, opts.rotate_pause),
             }),
             created,
         })
@@ -159,6 +192,14 @@ impl Store for SqliteStore {
         self.writer.shutdown();
         if let Ok(mut l) = self.lock.lock() {
             l.take();
+        }
+    }
+
+    fn lockouts(&self) -> super::Lockouts {
+        use std::sync::atomic::Ordering::Relaxed;
+        super::Lockouts {
+            vault_mfa: self.lockouts.vault_mfa.load(Relaxed),
+            user_totp: self.lockouts.user_totp.load(Relaxed),
         }
     }
 }
@@ -223,6 +264,7 @@ fn check_key(conn: &Connection, sealer: &Sealer) -> Result<(), StoreError> {
     match existing {
         Some(sealed) => match sealer.open(KEY_CHECK_AAD, &sealed) {
             Ok(p) if p == KEY_CHECK_PLAIN => Ok(()),
+            Err(super::seal::SealError::MissingKey(id)) => Err(StoreError::MissingKey(id)),
             _ => Err(StoreError::WrongKey),
         },
         None => {
@@ -491,7 +533,7 @@ mod tests {
         let (o, key) = SqliteStore::open_with_keys(&opts, &keys).unwrap();
         assert!(o.created && key.created);
         assert!(matches!(
-            SqliteStore::open(&opts, Sealer::new(&key.key)),
+            SqliteStore::open(&opts, key.sealer()),
             Err(StoreError::Setup(m)) if m.contains("in use")
         ));
         o.store.close();

@@ -127,7 +127,7 @@ pub(super) fn record_step(c: &Connection, id: &str, step: i64, now: i64) -> Resu
 
 /// Checks `code` with [`otp::verify`] and records the new state, inside the caller's
 /// write operation. The writer runs one operation at a time, so two requests with one
-/// code cannot both pass.
+/// code cannot both pass. Also says whether this attempt began a lock.
 pub(super) fn check_and_record(
     c: &Connection,
     sealer: &Sealer,
@@ -135,7 +135,7 @@ pub(super) fn check_and_record(
     code: &str,
     now: i64,
     window: &Window,
-) -> Result<Option<Outcome>, StoreError> {
+) -> Result<Option<(Outcome, bool)>, StoreError> {
     let Some(row) = load(c, id)? else {
         return Ok(None);
     };
@@ -148,5 +148,22 @@ pub(super) fn check_and_record(
          WHERE id = ?1",
         params![id, state.last_step, state.failures, state.locked_until, now],
     )?;
-    Ok(Some(outcome))
+    let began = state.locked_until.is_some() && state.locked_until != row.state.locked_until;
+    Ok(Some((outcome, began)))
+}
+
+/// Clears the lock and failure count of a secret; returns what it cleared, or `None`
+/// if there is no such secret. The last accepted step stays.
+pub(super) fn unlock(c: &Connection, id: &str) -> Result<Option<otp::LockState>, StoreError> {
+    let Some(row) = load(c, id)? else {
+        return Ok(None);
+    };
+    c.execute(
+        "UPDATE otp_secrets SET failures = 0, locked_until = NULL WHERE id = ?1",
+        [id],
+    )?;
+    Ok(Some(otp::LockState {
+        failures: row.state.failures,
+        locked_until: row.state.locked_until,
+    }))
 }

@@ -38,6 +38,11 @@ fn lock_of(c: &Connection, entity: &str) -> Result<LockState, StoreError> {
     )
 }
 
+/// Whether going from `before` to `after` began a lock.
+fn began(before: LockState, after: LockState) -> bool {
+    after.locked_until.is_some() && after.locked_until != before.locked_until
+}
+
 fn save_lock(c: &Connection, entity: &str, lock: LockState) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO user_locks (entity_id, failures, locked_until) VALUES (?1, ?2, ?3)
@@ -225,38 +230,39 @@ impl UserTotpStore for SqliteStore {
             codes.map(<[RecoveryHash]>::to_vec),
         );
         let sealer = self.sealer.clone();
-        self.write(move |c| {
+        let (activation, locked) = self.write(move |c| {
             let pending = devices(c, &sealer, &entity, false)?;
             let device = match &name {
                 Some(n) => match pending.into_iter().find(|d| &d.name == n) {
                     Some(d) => d,
-                    None => return Ok(Activation::NoPending),
+                    None => return Ok((Activation::NoPending, false)),
                 },
-                None if pending.len() > 1 => return Ok(Activation::SeveralPending),
+                None if pending.len() > 1 => return Ok((Activation::SeveralPending, false)),
                 None => match pending.into_iter().next() {
                     Some(d) => d,
-                    None => return Ok(Activation::NoPending),
+                    None => return Ok((Activation::NoPending, false)),
                 },
             };
             let first = active_count(c, &entity)? == 0;
+            let before = lock_of(c, &entity)?;
             let (outcome, _, lock) = otp::verify_any(
                 &[(&device.secret, &device.params, device.last_step)],
                 &WINDOW,
                 &code,
                 now,
-                lock_of(c, &entity)?,
+                before,
             );
             let step = match outcome {
                 Outcome::Accepted { step } => step,
                 Outcome::Refused(r) => {
                     save_lock(c, &entity, lock)?;
-                    return Ok(Activation::Refused(r));
+                    return Ok((Activation::Refused(r), began(before, lock)));
                 }
             };
             // Recovery codes are hashed only for a right code, outside the writer; until
             // they come, nothing is written and the code stays good.
             if first && codes.is_none() {
-                return Ok(Activation::NeedsCodes);
+                return Ok((Activation::NeedsCodes, false));
             }
             save_lock(c, &entity, lock)?;
             // The activating code's step counts as used: it cannot also log in.
@@ -269,9 +275,11 @@ impl UserTotpStore for SqliteStore {
                 delete_recovery_codes(c, &entity)?;
                 insert_recovery_codes(c, &entity, codes.as_deref().unwrap_or_default(), now)?;
             }
-            Ok(Activation::Activated { first })
+            Ok((Activation::Activated { first }, false))
         })
-        .await
+        .await?;
+        self.count_lockout(locked);
+        Ok(activation)
     }
 
     async fn list_user_devices(&self, entity_id: &str) -> Result<Vec<UserDevice>, StoreError> {
@@ -362,21 +370,21 @@ impl UserTotpStore for SqliteStore {
         let owned = OwnedProof::of(&proof);
         let code = code.to_string();
         let sealer = self.sealer.clone();
-        self.write(move |c| {
+        let (check, locked) = self.write(move |c| {
             let proof = owned.as_proof();
             let user = match user_of(c, &proof, now)? {
                 Ok(u) => u,
-                Err(check) => return Ok(check),
+                Err(check) => return Ok((check, false)),
             };
             let active = devices(c, &sealer, &user, true)?;
             let secrets: Vec<_> = active
                 .iter()
                 .map(|d| (d.secret.as_slice(), &d.params, d.last_step))
                 .collect();
-            let (outcome, which, lock) =
-                otp::verify_any(&secrets, &WINDOW, &code, now, lock_of(c, &user)?);
+            let before = lock_of(c, &user)?;
+            let (outcome, which, lock) = otp::verify_any(&secrets, &WINDOW, &code, now, before);
             save_lock(c, &user, lock)?;
-            match (outcome, which.and_then(|i| active.get(i))) {
+            let check = match (outcome, which.and_then(|i| active.get(i))) {
                 (Outcome::Accepted { step }, Some(d)) => {
                     otp_secrets::record_step(c, &d.secret_id, step, now)?;
                     c.execute(
@@ -384,13 +392,16 @@ impl UserTotpStore for SqliteStore {
                         params![user, d.name, now],
                     )?;
                     finish(c, &proof, &user, now)?;
-                    Ok(Check::Accepted)
+                    Check::Accepted
                 }
-                (Outcome::Refused(r), _) => Ok(Check::Refused(r)),
-                (Outcome::Accepted { .. }, None) => Ok(Check::Refused(Refusal::Invalid)),
-            }
+                (Outcome::Refused(r), _) => Check::Refused(r),
+                (Outcome::Accepted { .. }, None) => Check::Refused(Refusal::Invalid),
+            };
+            Ok((check, began(before, lock)))
         })
-        .await
+        .await?;
+        self.count_lockout(locked);
+        Ok(check)
     }
 
     async fn get_recovery_hash(
@@ -418,44 +429,49 @@ impl UserTotpStore for SqliteStore {
     ) -> Result<Check, StoreError> {
         let owned = OwnedProof::of(&proof);
         let selector = selector.to_string();
-        self.write(move |c| {
-            let proof = owned.as_proof();
-            let user = match user_of(c, &proof, now)? {
-                Ok(u) => u,
-                Err(check) => return Ok(check),
-            };
-            let lock = lock_of(c, &user)?;
-            // A lock refuses even the right code, and leaves it unspent.
-            if lock.locked_until.is_some_and(|until| now < until) {
-                return Ok(Check::Refused(Refusal::Locked));
-            }
-            let attempt = if !matched {
-                Err(Refusal::Invalid)
-            } else {
-                let spent = c.execute(
-                    "UPDATE recovery_codes SET spent_at = ?3
-                     WHERE entity_id = ?1 AND selector = ?2 AND spent_at IS NULL",
-                    params![user, selector, now],
-                )?;
-                // Spent by a concurrent call since it was read: a replay.
-                if spent == 1 {
-                    Ok(())
+        let (check, locked) = self
+            .write(move |c| {
+                let proof = owned.as_proof();
+                let user = match user_of(c, &proof, now)? {
+                    Ok(u) => u,
+                    Err(check) => return Ok((check, false)),
+                };
+                let before = lock_of(c, &user)?;
+                let lock = before;
+                // A lock refuses even the right code, and leaves it unspent.
+                if lock.locked_until.is_some_and(|until| now < until) {
+                    return Ok((Check::Refused(Refusal::Locked), false));
+                }
+                let attempt = if !matched {
+                    Err(Refusal::Invalid)
                 } else {
-                    Err(Refusal::Replay)
-                }
-            };
-            let (settled, lock) =
-                otp::settle(attempt, lock, WINDOW.max_attempts, LOCK_SECONDS, now);
-            save_lock(c, &user, lock)?;
-            match settled {
-                Ok(()) => {
-                    finish(c, &proof, &user, now)?;
-                    Ok(Check::Accepted)
-                }
-                Err(r) => Ok(Check::Refused(r)),
-            }
-        })
-        .await
+                    let spent = c.execute(
+                        "UPDATE recovery_codes SET spent_at = ?3
+                     WHERE entity_id = ?1 AND selector = ?2 AND spent_at IS NULL",
+                        params![user, selector, now],
+                    )?;
+                    // Spent by a concurrent call since it was read: a replay.
+                    if spent == 1 {
+                        Ok(())
+                    } else {
+                        Err(Refusal::Replay)
+                    }
+                };
+                let (settled, lock) =
+                    otp::settle(attempt, lock, WINDOW.max_attempts, LOCK_SECONDS, now);
+                save_lock(c, &user, lock)?;
+                let check = match settled {
+                    Ok(()) => {
+                        finish(c, &proof, &user, now)?;
+                        Check::Accepted
+                    }
+                    Err(r) => Check::Refused(r),
+                };
+                Ok((check, began(before, lock)))
+            })
+            .await?;
+        self.count_lockout(locked);
+        Ok(check)
     }
 
     async fn replace_recovery_codes(
@@ -485,6 +501,33 @@ impl UserTotpStore for SqliteStore {
             .query_row([entity], |r| r.get(0))?)
         })
         .await
+    }
+
+    async fn unlock_user(&self, entity_id: &str) -> Result<Option<LockState>, StoreError> {
+        let entity = entity_id.to_string();
+        self.write(move |c| {
+            let devices: i64 = c
+                .prepare_cached("SELECT count(*) FROM user_devices WHERE entity_id = ?1")?
+                .query_row([&entity], |r| r.get(0))?;
+            if devices == 0 {
+                return Ok(None);
+            }
+            let cleared = lock_of(c, &entity)?;
+            c.execute("DELETE FROM user_locks WHERE entity_id = ?1", [&entity])?;
+            Ok(Some(cleared))
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// Counts a lock that began in a committed write.
+    fn count_lockout(&self, began: bool) {
+        if began {
+            self.lockouts
+                .user_totp
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -2,14 +2,20 @@
 //! concurrent writes together (group commit). Each operation runs inside its own
 //! SAVEPOINT, so one failing operation rolls back alone; a reply leaves only after the
 //! COMMIT has returned, so an answer built on it is durable.
+//!
+//! It counts, with atomics only, the operations waiting for it (its queue depth) and
+//! how many operations each transaction carried (a batch-size histogram), for
+//! `sys/status` and the metrics.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use crate::store::StoreError;
+use crate::metrics::{CountHistogram, BATCH_SIZE_BOUNDS};
+use crate::store::{StoreError, WriterStats};
 
 /// Most operations folded into one transaction; bounds the latency one batch adds.
 const MAX_BATCH: usize = 256;
@@ -27,18 +33,48 @@ enum Msg {
 pub(super) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    load: Arc<Load>,
+}
+
+/// What the writer counts as it goes: shared by the senders and the writer thread.
+struct Load {
+    /// Operations sent and not yet taken off the queue by the writer thread.
+    queued: AtomicU64,
+    /// Operations per transaction.
+    batches: CountHistogram,
+}
+
+impl Load {
+    /// One operation taken off the queue.
+    fn taken(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
     pub(super) fn start(conn: Connection) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Msg>();
+        let load = Arc::new(Load {
+            queued: AtomicU64::new(0),
+            batches: CountHistogram::new(BATCH_SIZE_BOUNDS),
+        });
+        let thread_load = load.clone();
         let thread = std::thread::Builder::new()
             .name("totpd-writer".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || run(conn, rx, &thread_load))?;
         Ok(Self {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
+            load,
         })
+    }
+
+    /// Operations waiting now, and the batch sizes so far.
+    pub(super) fn stats(&self) -> WriterStats {
+        WriterStats {
+            queue_depth: self.load.queued.load(Ordering::Relaxed),
+            batch_sizes: self.load.batches.snapshot(),
+        }
     }
 
     /// Runs `f` in the next batch; resolves after its transaction committed.
@@ -56,9 +92,12 @@ impl Writer {
             });
             (ok, reply)
         });
-        self.tx
-            .send(Msg::Job(job))
-            .map_err(|_| StoreError::Closed)?;
+        // Counted before it is sent, so the writer never takes one not yet counted.
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Job(job)).is_err() {
+            self.load.taken();
+            return Err(StoreError::Closed);
+        }
         orx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -72,7 +111,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Msg>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Msg>, load: &Load) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = rx.recv() else { break };
@@ -89,11 +128,14 @@ fn run(conn: Connection, rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
+            load.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            load.batches.observe(batch.len() as u64);
             run_batch(&conn, batch);
         }
     }
     // Jobs sent after shutdown was asked for: refuse them rather than leave callers hanging.
     while let Ok(Msg::Job(j)) = rx.try_recv() {
+        load.taken();
         drop(j);
     }
     if let Err(e) = conn.execute_batch("PRAGMA optimize;") {
@@ -144,5 +186,63 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
     }
     for reply in replies {
         reply(commit.clone().map_err(StoreError::Backend));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_depth_and_batch_sizes_are_counted() {
+        let w = Writer::start(Connection::open_in_memory().unwrap()).unwrap();
+        assert_eq!(w.stats().queue_depth, 0);
+        assert_eq!(w.stats().batch_sizes.count(), 0);
+        // Hold the writer inside one operation, so the next ones wait in the queue.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let w = Arc::new(w);
+        let held = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.write(move |_| {
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::task::block_in_place(|| entered_rx.recv().unwrap());
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let w = w.clone();
+                tokio::spawn(async move { w.write(|_| Ok(())).await })
+            })
+            .collect();
+        let mut depth = 0;
+        for _ in 0..500 {
+            depth = w.stats().queue_depth;
+            if depth == 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(depth, 5, "five operations wait behind the held one");
+        release_tx.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for t in waiting {
+            t.await.unwrap().unwrap();
+        }
+        let s = w.stats();
+        assert_eq!(s.queue_depth, 0);
+        // Six operations in all: the held one alone, the five in one or more batches.
+        assert_eq!(s.batch_sizes.sum, 6);
+        assert!((2..=6).contains(&s.batch_sizes.count()), "{s:?}");
+        assert!(
+            s.batch_sizes.counts[0] >= 1,
+            "the held operation ran alone: {s:?}"
+        );
+        w.shutdown();
     }
 }

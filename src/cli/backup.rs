@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use http_body_util::BodyExt;
@@ -25,6 +24,7 @@ use totpd::config::{ServeArgs, ServeConfig};
 use totpd::store::sqlite;
 use totpd::store::StoreError;
 
+use super::PrivateFile;
 use crate::Printed;
 
 /// Where the daemon's files are, for work on them while it is stopped: the same
@@ -91,83 +91,9 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-/// The copy being written: a temporary file beside its destination, removed unless
-/// [`Partial::finish`] renamed it into place.
-struct Partial {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: fs::File,
-    done: bool,
-}
-
-impl Partial {
-    /// A new empty 0600 file beside `dest`. `dest` must not be a directory, and its
-    /// directory must exist.
-    fn create(dest: &Path) -> Result<Partial, ClientError> {
-        let usage = |m: String| ClientError::Usage(m);
-        if dest.is_dir() {
-            return Err(usage(format!(
-                "{} is a directory: give the file to write",
-                dest.display()
-            )));
-        }
-        let name = dest
-            .file_name()
-            .ok_or_else(|| usage(format!("{}: give a file name", dest.display())))?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(usage(format!("no directory {}", dir.display())));
-        }
-        let tag = uuid::Uuid::new_v4().simple().to_string();
-        let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), &tag[..8]));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| ClientError::Request(format!("{}: {e}", tmp.display())))?;
-        Ok(Partial {
-            tmp,
-            dest: dest.to_path_buf(),
-            file,
-            done: false,
-        })
-    }
-
-    /// Syncs the copy, checks it is a whole totpd database, renames it to its
-    /// destination and syncs the directory. Returns its schema version and length.
-    fn finish(mut self) -> Result<(i64, u64), String> {
-        let io = |e: std::io::Error| e.to_string();
-        self.file.flush().map_err(io)?;
-        self.file.sync_all().map_err(io)?;
-        let checked = sqlite::check_backup(&self.tmp)
-            .map_err(|e| format!("the copy does not check out: {e}"))?;
-        let bytes = self.file.metadata().map_err(io)?.len();
-        fs::rename(&self.tmp, &self.dest).map_err(io)?;
-        self.done = true;
-        let dir = match self.dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok((checked.schema_version, bytes))
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 pub async fn backup(client: Client, args: BackupArgs, quiet: bool) -> Result<Printed, ClientError> {
     let dest = args.path.clone();
-    let mut partial = Partial::create(&dest)?;
+    let mut partial = PrivateFile::create(&dest)?;
     let taken = match &args.data_dir {
         Some(dir) => {
             let cfg = args.data.resolve(dir)?;
@@ -181,7 +107,9 @@ pub async fn backup(client: Client, args: BackupArgs, quiet: bool) -> Result<Pri
             Err(refused) => return Ok(refused.into_printed(&dest)),
         },
     };
-    let (schema_version, bytes) = match partial.finish() {
+    let (checked, bytes) = match partial.finish(|tmp| {
+        sqlite::check_backup(tmp).map_err(|e| format!("the copy does not check out: {e}"))
+    }) {
         Ok(done) => done,
         Err(e) => return Ok(failed(&dest, &e)),
     };
@@ -192,7 +120,7 @@ pub async fn backup(client: Client, args: BackupArgs, quiet: bool) -> Result<Pri
                 "bytes": bytes,
                 "taken_at": rfc3339(taken),
                 "taken_at_utc": taken,
-                "schema_version": schema_version,
+                "schema_version": checked.schema_version,
             })
             .to_string(),
         ));
@@ -232,7 +160,7 @@ fn failed(dest: &Path, why: &str) -> Printed {
 }
 
 /// Streams the daemon's copy into `file`; returns when the copy was taken. SIGINT and
-/// SIGTERM stop it (and the temporary file goes, with [`Partial`]).
+/// SIGTERM stop it (and the temporary file goes, with [`PrivateFile`]).
 async fn receive(
     client: &Client,
     file: &mut fs::File,

@@ -12,7 +12,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -20,6 +19,7 @@ use totpd::client::{Client, ClientError};
 use totpd::transfer::{self, BundleError, Document};
 
 use super::status::vault_refusal;
+use super::PrivateFile;
 use crate::Printed;
 
 /// How `export` writes the secrets.
@@ -117,32 +117,13 @@ fn dir_of(dest: &Path) -> PathBuf {
     }
 }
 
-/// Writes `bytes` to `dest`: a new 0600 file beside it, synced, renamed over it, the
-/// directory synced. `dest` is the whole file or untouched.
+/// Writes `bytes` to `dest` privately and atomically (see [`PrivateFile`]).
 fn write_private(dest: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = dir_of(dest);
-    let name = dest
-        .file_name()
-        .ok_or_else(|| format!("{}: give a file name", dest.display()))?;
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), &tag[..8]));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let written = f
+    let mut f = PrivateFile::create(dest).map_err(|e| e.to_string())?;
+    f.file
         .write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .and_then(|()| fs::rename(&tmp, dest));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!("{}: {e}", dest.display()));
-    }
-    fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
+    f.finish(|_| Ok(())).map(|_| ())
 }
 
 pub async fn export(client: Client, args: ExportArgs, quiet: bool) -> Result<Printed, ClientError> {

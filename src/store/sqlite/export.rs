@@ -309,24 +309,7 @@ fn import_method(c: &Connection, m: &MethodRecord) -> Result<Imported, StoreErro
             return Ok(Imported::Refused(ImportRefusal::MethodNameTaken));
         }
     }
-    c.execute(
-        &format!(
-            "INSERT INTO mfa_methods ({METHOD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-        ),
-        params![
-            m.id,
-            m.name,
-            m.issuer,
-            m.params.period,
-            m.key_size,
-            m.qr_size,
-            m.params.algorithm.as_str(),
-            m.params.digits,
-            m.skew,
-            m.max_validation_attempts,
-            m.created_at
-        ],
-    )?;
+    super::mfa::insert_method(c, m)?;
     Ok(Imported::Created)
 }
 

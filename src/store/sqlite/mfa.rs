@@ -10,6 +10,29 @@ use crate::store::{Clash, Enrollment, MethodRecord, MfaStore, StoreError, Thing}
 
 pub(super) const METHOD_COLS: &str = "id, name, issuer, period, key_size, qr_size, algorithm, digits, skew, max_validation_attempts, created_at";
 
+/// Stores a method row as it is (the caller has checked its name is free).
+pub(super) fn insert_method(c: &Connection, m: &MethodRecord) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO mfa_methods ({METHOD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
+        params![
+            m.id,
+            m.name,
+            m.issuer,
+            m.params.period,
+            m.key_size,
+            m.qr_size,
+            m.params.algorithm.as_str(),
+            m.params.digits,
+            m.skew,
+            m.max_validation_attempts,
+            m.created_at
+        ],
+    )?;
+    Ok(())
+}
+
 /// A row as SQLite types it; checked into a [`MethodRecord`] by [`MethodRow::check`].
 pub(super) struct MethodRow {
     id: String,
@@ -116,23 +139,7 @@ impl MfaStore for SqliteStore {
         let m = m.clone();
         self.write(move |c| {
             refuse_taken_name(c, &m.name, &m.id)?;
-            c.execute(
-                &format!("INSERT INTO mfa_methods ({METHOD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-                params![
-                    m.id,
-                    m.name,
-                    m.issuer,
-                    m.params.period,
-                    m.key_size,
-                    m.qr_size,
-                    m.params.algorithm.as_str(),
-                    m.params.digits,
-                    m.skew,
-                    m.max_validation_attempts,
-                    m.created_at
-                ],
-            )?;
-            Ok(())
+            insert_method(c, &m)
         })
         .await
     }

@@ -854,7 +854,7 @@ fn every_operation_is_documented_completely() {
         if id.is_empty() || !ids.insert(id.to_string()) {
             problems.push(format!("{at}: operationId missing or not unique"));
         }
-        if !op["summary"].as_str().is_some_and(|s| !s.is_empty()) {
+        if op["summary"].as_str().is_none_or(|s| s.is_empty()) {
             problems.push(format!("{at}: no summary"));
         }
         if !op["tags"][0].as_str().is_some_and(|t| tags.contains(t)) {

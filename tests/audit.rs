@@ -385,7 +385,10 @@ async fn a_scripted_session_leaves_one_line_per_decision_and_no_secret_anywhere(
         s("mfa.validate", "ok", "ok"),
         s("mfa.validate", "refused", "replay"),
     ];
-    expected.extend(std::iter::repeat(s("mfa.validate", "refused", "invalid")).take(4));
+    expected.extend(std::iter::repeat_n(
+        s("mfa.validate", "refused", "invalid"),
+        4,
+    ));
     expected.extend([
         s("mfa.validate", "refused", "locked"),
         s("mfa.admin_unlock", "denied", "permission"),
@@ -397,7 +400,10 @@ async fn a_scripted_session_leaves_one_line_per_decision_and_no_secret_anywhere(
         s("user.verify", "ok", "ok"),
         s("user.challenge", "ok", "ok"),
     ]);
-    expected.extend(std::iter::repeat(s("user.verify", "refused", "invalid")).take(5));
+    expected.extend(std::iter::repeat_n(
+        s("user.verify", "refused", "invalid"),
+        5,
+    ));
     expected.extend([
         s("user.verify", "refused", "locked"),
         s("user.unlock", "denied", "permission"),

@@ -13,21 +13,36 @@
 //! which the old key may leave the ring; a ring missing a key id in use is refused.
 //!
 //! A backend joins by implementing [`Backend`] (open the same database on every call)
-//! and adding one `mod name { conformance_suite!(fixture expression); }` line at the end.
+//! and adding one `mod name { conformance_suite!(fixture expression); }` line (the
+//! expression gives an `Option`: `None` skips the test, passing).
+//!
+//! A backend that implements only some areas so far runs the cases of those: the cases
+//! of `TokenStore`, `PolicyStore` and `PolicyTokenStore` (their concurrency case, the key
+//! check and a closed store included) are generic over [`CoreBackend`], which yields any
+//! [`CoreStore`], and `core_suite!(fixture)` runs them. Every [`Backend`] is a
+//! `CoreBackend` too, and `conformance_suite!` runs the core cases and the rest, so
+//! SQLite runs everything. PostgreSQL (`mod postgres`, needing `TOTPD_TEST_POSTGRES`,
+//! one fresh database per test) runs the core cases, plus cases of its own that only a
+//! shared database has: two stores (two daemons) on one database, concurrent starts, a
+//! statement timeout, a full pool, and connections the server dropped.
 //! Times are fixed (`NOW`); nothing here reads the clock.
 
 use std::sync::Arc;
 
 use totpd::otp::recovery::{self, RecoveryCode};
 use totpd::otp::{code_at, Outcome, Params, Refusal};
+use totpd::store::postgres::{PgOptions, PgStore};
 use totpd::store::seal::KeyRing;
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyTokenRecord, Proof,
-    RecoveryHash, Sealer, Setup, Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord,
-    MAX_USER_DEVICES,
+    Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyStore,
+    PolicyTokenRecord, PolicyTokenStore, Proof, RecoveryHash, Sealer, Setup, Spend, SpendRefusal,
+    Store, StoreError, Thing, TokenRecord, TokenStore, MAX_USER_DEVICES,
 };
 use uuid::Uuid;
+
+#[path = "common/postgres.rs"]
+mod pg;
 
 // ---------------------------------------------------------------------------------------
 // Backends
@@ -95,16 +110,126 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// Instantiates every case as a test for one backend fixture (an expression building a
-/// fresh `impl Backend`, evaluated once per test).
-macro_rules! conformance_suite {
+/// What the core cases need of a store: tokens, policies and policy tokens, and a way
+/// to close it. Every `Store` is one; so is a backend's store that implements only these
+/// areas so far.
+trait CoreStore: TokenStore + PolicyStore + PolicyTokenStore + Send + Sync + 'static {
+    /// As [`Store::close`]: later calls fail with `Closed`. Blocking.
+    fn close_store(&self);
+}
+
+impl CoreStore for dyn Store {
+    fn close_store(&self) {
+        self.close()
+    }
+}
+
+impl CoreStore for PgStore {
+    fn close_store(&self) {
+        self.close()
+    }
+}
+
+/// A database under test for the core cases, as [`Backend`] is for all of them: one
+/// instance is one database, fresh for each test, and every open opens that database.
+trait CoreBackend {
+    type Store: CoreStore + ?Sized;
+    /// Opens the database with the sealing key `[key; 32]`. Blocking.
+    fn open_core(&self, key: u8) -> Result<Arc<Self::Store>, StoreError>;
+    /// Opens the database with a key ring. Blocking.
+    fn open_core_ring(&self, ring: &KeyRing) -> Result<Arc<Self::Store>, StoreError>;
+}
+
+impl<B: Backend + ?Sized> CoreBackend for B {
+    type Store = dyn Store;
+
+    fn open_core(&self, key: u8) -> Result<Arc<dyn Store>, StoreError> {
+        self.open(key)
+    }
+
+    fn open_core_ring(&self, ring: &KeyRing) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_ring(ring)
+    }
+}
+
+/// PostgreSQL: a fresh database of the `TOTPD_TEST_POSTGRES` cluster, dropped with the
+/// fixture. Opening blocks on the test's runtime (the callers are in `block_in_place`).
+struct PgBackend {
+    db: pg::TestDb,
+}
+
+impl PgBackend {
+    /// `None` (after a loud notice; a failure in CI) without `TOTPD_TEST_POSTGRES`.
+    fn new() -> Option<Self> {
+        pg::TestDb::create().map(|db| PgBackend { db })
+    }
+
+    fn options(&self) -> PgOptions {
+        PgOptions::new(&self.db.url).expect("the test database's URL")
+    }
+
+    fn open_with(&self, opts: &PgOptions, sealer: Sealer) -> Result<Arc<PgStore>, StoreError> {
+        tokio::runtime::Handle::current()
+            .block_on(PgStore::open(opts, sealer))
+            .map(|o| o.store)
+    }
+}
+
+impl CoreBackend for PgBackend {
+    type Store = PgStore;
+
+    fn open_core(&self, key: u8) -> Result<Arc<PgStore>, StoreError> {
+        self.open_with(&self.options(), Sealer::new(&[key; 32]))
+    }
+
+    fn open_core_ring(&self, ring: &KeyRing) -> Result<Arc<PgStore>, StoreError> {
+        self.open_with(&self.options(), Sealer::from_ring(ring))
+    }
+}
+
+/// Instantiates each named case as a test for one backend fixture (an expression giving
+/// an `Option` of a fresh backend, evaluated once per test; `None` skips the test).
+macro_rules! cases {
+    ($fixture:expr; $($case:ident),+ $(,)?) => {
+        $(
+            // Multi-threaded: the concurrency cases need real parallelism, and opening
+            // uses `block_in_place`, which only this flavour allows.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(backend) = $fixture else {
+                    return;
+                };
+                crate::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+/// The cases of `TokenStore`, `PolicyStore` and `PolicyTokenStore`, for a
+/// [`CoreBackend`] fixture.
+macro_rules! core_suite {
     ($fixture:expr) => {
-        conformance_suite!(@cases $fixture;
+        cases!($fixture;
             case_tokens_create_get_expire_sweep,
             case_tokens_duplicates_refused,
             case_token_revoke_cascades,
             case_token_renewal,
             case_policies,
+            case_policy_tokens_create_list_delete,
+            case_policy_token_spend_rules,
+            case_policy_token_purge,
+            case_concurrent_spends_one_winner,
+            case_key_check_refuses_other_keys,
+            case_closed_store_refuses,
+        );
+    };
+}
+
+/// Every case, for a [`Backend`] fixture: the core cases and those of the other areas.
+macro_rules! conformance_suite {
+    ($fixture:expr) => {
+        core_suite!($fixture);
+        cases!($fixture;
             case_methods_create_get_list,
             case_methods_update,
             case_methods_delete,
@@ -117,10 +242,6 @@ macro_rules! conformance_suite {
             case_user_code_checks,
             case_user_login_with_temp_tokens,
             case_user_recovery_codes,
-            case_policy_tokens_create_list_delete,
-            case_policy_token_spend_rules,
-            case_policy_token_purge,
-            case_concurrent_spends_one_winner,
             case_concurrent_right_code_accepted_once,
             case_concurrent_wrong_codes_all_counted,
             case_replay_refused_after_reopen,
@@ -129,7 +250,7 @@ macro_rules! conformance_suite {
             case_concurrent_recovery_spends_one_winner,
             case_user_device_cap_and_temp_tokens_die_with_the_user,
             case_wrong_key_refused,
-            case_closed_store_refuses,
+            case_closed_store_refuses_mfa_writes,
             case_key_rotation_reseals_every_value_beside_validations,
             case_key_status_and_a_ring_missing_a_key_in_use,
             case_ops_rows_sizes_and_writer,
@@ -138,21 +259,45 @@ macro_rules! conformance_suite {
             case_transfer_export_and_import,
         );
     };
-    (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
-        $(
-            // Multi-threaded: the concurrency cases need real parallelism, and opening
-            // uses `block_in_place`, which only this flavour allows.
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let backend = $fixture;
-                crate::$case(&backend).await;
-            }
-        )+
-    };
 }
 
 mod sqlite {
-    conformance_suite!(crate::SqliteBackend::new());
+    conformance_suite!(Some(crate::SqliteBackend::new()));
+}
+
+/// The core cases on PostgreSQL (each test in a database of its own), and PostgreSQL's
+/// own cases below ([`pg_cases`]).
+mod postgres {
+    core_suite!(crate::PgBackend::new());
+    cases!(crate::PgBackend::new();
+        pg_two_stores_on_one_database_share_every_write,
+        pg_starts_together_migrate_once_and_agree_on_the_key,
+        pg_a_newer_schema_is_refused,
+        pg_statement_timeout_and_pool_wait_answer_unavailable,
+        pg_dropped_connections_are_replaced,
+        pg_an_outage_answers_unavailable_and_the_store_recovers,
+    );
+
+    #[test]
+    fn test_database_urls() {
+        use crate::pg::with_dbname;
+        assert_eq!(
+            with_dbname("postgresql://postgres@%2Ftmp%2Fpg/postgres", "x"),
+            "postgresql://postgres@%2Ftmp%2Fpg/x"
+        );
+        assert_eq!(
+            with_dbname("postgres://u:p@h1:5432,h2:5433?sslmode=disable", "x"),
+            "postgres://u:p@h1:5432,h2:5433/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_dbname("postgres://u@h/db?a=b&c=d", "x"),
+            "postgres://u@h/x?a=b&c=d"
+        );
+        assert_eq!(
+            with_dbname("host=/tmp user=u", "x"),
+            "host=/tmp user=u dbname=x"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -173,10 +318,20 @@ fn open(b: &dyn Backend) -> Arc<dyn Store> {
     try_open(b, KEY).unwrap_or_else(|e| panic!("opening the store: {e:?}"))
 }
 
+/// As [`try_open`], for the core cases.
+fn try_open_core<B: CoreBackend + ?Sized>(b: &B, key: u8) -> Result<Arc<B::Store>, StoreError> {
+    tokio::task::block_in_place(|| b.open_core(key))
+}
+
+/// As [`open`], for the core cases.
+fn open_core<B: CoreBackend + ?Sized>(b: &B) -> Arc<B::Store> {
+    try_open_core(b, KEY).unwrap_or_else(|e| panic!("opening the store: {e:?}"))
+}
+
 /// Closes the store off the async workers (closing blocks until writes are done).
-async fn close(s: &Arc<dyn Store>) {
+async fn close<S: CoreStore + ?Sized>(s: &Arc<S>) {
     let s = Arc::clone(s);
-    tokio::task::spawn_blocking(move || s.close())
+    tokio::task::spawn_blocking(move || s.close_store())
         .await
         .expect("close panicked");
 }
@@ -511,8 +666,8 @@ fn one_winner(results: &[Result<Check, StoreError>]) -> usize {
 // TokenStore
 // ---------------------------------------------------------------------------------------
 
-async fn case_tokens_create_get_expire_sweep(b: &dyn Backend) {
-    let s = open(b);
+async fn case_tokens_create_get_expire_sweep<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let forever = token("hash-forever", "acc-forever", None, None);
     let short = token("hash-short", "acc-short", None, Some(NOW + 100));
     let long = token("hash-long", "acc-long", None, Some(NOW + 10_000));
@@ -561,8 +716,8 @@ async fn case_tokens_create_get_expire_sweep(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_tokens_duplicates_refused(b: &dyn Backend) {
-    let s = open(b);
+async fn case_tokens_duplicates_refused<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     s.create_token(&token("hash-1", "acc-1", None, None))
         .await
         .unwrap();
@@ -594,8 +749,8 @@ async fn case_tokens_duplicates_refused(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_token_revoke_cascades(b: &dyn Backend) {
-    let s = open(b);
+async fn case_token_revoke_cascades<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // root ─┬─ child-a ── grandchild
     //       └─ child-b
     // other ── other-child
@@ -659,8 +814,8 @@ async fn case_token_revoke_cascades(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_token_renewal(b: &dyn Backend) {
-    let s = open(b);
+async fn case_token_renewal<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let live = token("h-live", "a-live", None, Some(NOW + 60));
     s.create_token(&live).await.unwrap();
     // Renewed: the new expiry is what a lookup gives, everything else unchanged.
@@ -699,8 +854,8 @@ async fn case_token_renewal(b: &dyn Backend) {
 // PolicyStore
 // ---------------------------------------------------------------------------------------
 
-async fn case_policies(b: &dyn Backend) {
-    let s = open(b);
+async fn case_policies<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let doc =
         |cap: &str| serde_json::json!({"path": {"sys/*": {"capabilities": [cap]}}}).to_string();
 
@@ -755,8 +910,8 @@ async fn case_policies(b: &dyn Backend) {
 // PolicyTokenStore
 // ---------------------------------------------------------------------------------------
 
-async fn case_policy_tokens_create_list_delete(b: &dyn Backend) {
-    let s = open(b);
+async fn case_policy_tokens_create_list_delete<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // The policy must exist when the token is made; nothing is stored otherwise.
     let t = policy_token("ratls", "deploy", NOW + 600);
     assert_err!(
@@ -857,8 +1012,8 @@ async fn case_policy_tokens_create_list_delete(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_policy_token_spend_rules(b: &dyn Backend) {
-    let s = open(b);
+async fn case_policy_token_spend_rules<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     s.put_policy("deploy", &tagged_doc("v0"), NOW)
         .await
         .unwrap();
@@ -934,7 +1089,7 @@ async fn case_policy_token_spend_rules(b: &dyn Backend) {
     let kept = policy_token("ratls", "deploy", NOW + 60);
     s.create_policy_token(&kept).await.unwrap();
     close(&s).await;
-    let s = open(b);
+    let s = open_core(b);
     assert_eq!(
         s.spend_policy_token_and_update(&t.hash, "deploy", &tagged_doc("v3"), NOW)
             .await
@@ -954,8 +1109,8 @@ async fn case_policy_token_spend_rules(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_policy_token_purge(b: &dyn Backend) {
-    let s = open(b);
+async fn case_policy_token_purge<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     s.put_policy("deploy", &tagged_doc("v0"), NOW)
         .await
         .unwrap();
@@ -1001,8 +1156,8 @@ async fn case_policy_token_purge(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_concurrent_spends_one_winner(b: &dyn Backend) {
-    let s = open(b);
+async fn case_concurrent_spends_one_winner<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     s.put_policy("deploy", &tagged_doc("v0"), NOW)
         .await
         .unwrap();
@@ -2470,28 +2625,77 @@ async fn case_wrong_key_refused(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_closed_store_refuses(b: &dyn Backend) {
-    let s = open(b);
+async fn case_closed_store_refuses<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     s.put_policy("before", "{}", NOW).await.unwrap();
     close(&s).await;
 
-    assert_err!(
-        s.create_method(&method(Some("late"), 5)).await,
-        StoreError::Closed
-    );
     assert_err!(s.put_policy("late", "{}", NOW).await, StoreError::Closed);
     assert_err!(
         s.create_token(&token("h-late", "a-late", None, None)).await,
         StoreError::Closed
     );
+    let t = policy_token("ratls", "before", NOW + 60);
+    assert_err!(s.create_policy_token(&t).await, StoreError::Closed);
     // The trait says later calls fail with Closed: reads included.
     assert_err!(s.get_policy("before").await, StoreError::Closed);
+    assert_err!(s.get_token("h-late", NOW).await, StoreError::Closed);
     drop(s);
 
     // Nothing was written after the close.
-    let s = open(b);
+    let s = open_core(b);
     assert_eq!(s.list_policies().await.unwrap(), vec!["before"]);
+    assert_eq!(s.get_token("h-late", NOW).await.unwrap(), None);
+    assert!(s.list_policy_tokens("ratls").await.unwrap().is_empty());
+    close(&s).await;
+}
+
+async fn case_closed_store_refuses_mfa_writes(b: &dyn Backend) {
+    let s = open(b);
+    close(&s).await;
+    assert_err!(
+        s.create_method(&method(Some("late"), 5)).await,
+        StoreError::Closed
+    );
+    drop(s);
+    let s = open(b);
     assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
+    close(&s).await;
+}
+
+/// The key check alone (a database with no other sealed value): another key is
+/// `WrongKey`, a ring without the key it was sealed with is `MissingKey` naming the id,
+/// a ring that holds that key among others opens it, and refusals change nothing.
+async fn case_key_check_refuses_other_keys<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    s.put_policy("kept", "{}", NOW).await.unwrap();
+    close(&s).await;
+    drop(s);
+
+    let refused = |r: Result<Arc<B::Store>, StoreError>| match r {
+        Err(e) => e,
+        Ok(s) => {
+            tokio::task::block_in_place(|| s.close_store());
+            panic!("a database created with key {KEY} opened without it");
+        }
+    };
+    let e = refused(try_open_core(b, KEY + 1));
+    assert!(matches!(e, StoreError::WrongKey), "{e:?}");
+    let ring = key_ring(&[2], 2);
+    let e = refused(tokio::task::block_in_place(|| b.open_core_ring(&ring)));
+    assert!(matches!(e, StoreError::MissingKey(KEY)), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!("key id {KEY}")),
+        "the message names the key id: {e}"
+    );
+
+    // A ring holding the key (not as its current one) opens it; so does the key alone.
+    let ring = key_ring(&[KEY, 2], 2);
+    let s = tokio::task::block_in_place(|| b.open_core_ring(&ring)).expect("the ring opens it");
+    assert_eq!(s.get_policy("kept").await.unwrap(), Some("{}".to_string()));
+    close(&s).await;
+    let s = open_core(b);
+    assert_eq!(s.get_policy("kept").await.unwrap(), Some("{}".to_string()));
     close(&s).await;
 }
 
@@ -3179,6 +3383,490 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
     assert_eq!(
         r.secrets,
         vec![(Imported::Refused(ImportRefusal::TooManyDevices), None)]
+    );
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL's own cases: one database shared by several stores (daemons), and faults
+// ---------------------------------------------------------------------------------------
+
+/// Options with small bounds, so the fault cases run in seconds.
+fn pg_small_options(url: &str) -> PgOptions {
+    let mut opts = PgOptions::new(url).expect("a valid URL");
+    opts.pool_size = 2;
+    opts.pool_wait = std::time::Duration::from_millis(300);
+    opts.connect_timeout = std::time::Duration::from_millis(500);
+    opts.statement_timeout = std::time::Duration::from_millis(500);
+    opts
+}
+
+fn pg_open_with(b: &PgBackend, opts: &PgOptions) -> Arc<PgStore> {
+    tokio::task::block_in_place(|| b.open_with(opts, Sealer::new(&[KEY; 32])))
+        .unwrap_or_else(|e| panic!("opening the store: {e:?}"))
+}
+
+/// Two daemons on one database: what one writes, the other reads at once (no cache),
+/// and of 32 spends of one policy token split between them exactly one writes.
+async fn pg_two_stores_on_one_database_share_every_write(b: &PgBackend) {
+    let mut opts = b.options();
+    opts.pool_size = 16;
+    let a = pg_open_with(b, &opts);
+    let other = pg_open_with(b, &opts);
+
+    a.create_token(&token("h-shared", "a-shared", None, None))
+        .await
+        .unwrap();
+    assert!(other.get_token("h-shared", NOW).await.unwrap().is_some());
+    assert_eq!(a.revoke_token("h-shared").await.unwrap(), 1);
+    assert_eq!(
+        other.get_token("h-shared", NOW).await.unwrap(),
+        None,
+        "a token revoked on one daemon is refused on the other at once"
+    );
+    a.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_policy("deploy").await.unwrap(),
+        Some(tagged_doc("v0"))
+    );
+
+    let t = policy_token("ratls", "deploy", NOW + 600);
+    a.create_policy_token(&t).await.unwrap();
+    const N: usize = 32;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let s = Arc::clone(if i % 2 == 0 { &a } else { &other });
+            let (barrier, hash) = (Arc::clone(&barrier), t.hash.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let doc = tagged_doc(&format!("w{i}"));
+                (
+                    i,
+                    s.spend_policy_token_and_update(&hash, "deploy", &doc, NOW)
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (i, r) = task.await.expect("spend task panicked");
+        match r {
+            Ok(Spend::Spent) => winners.push(i),
+            Ok(Spend::Refused(SpendRefusal::Spent)) => {}
+            other => panic!("spend {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {N} spends wins: {winners:?}"
+    );
+    let doc = Some(tagged_doc(&format!("w{}", winners[0])));
+    assert_eq!(a.get_policy("deploy").await.unwrap(), doc);
+    assert_eq!(other.get_policy("deploy").await.unwrap(), doc);
+    close(&a).await;
+    close(&other).await;
+}
+
+/// Daemons starting together on a new database: the advisory lock lets one migrate and
+/// write the key check; the others wait, then find the schema current and check their
+/// key against it, so those with another key are refused.
+async fn pg_starts_together_migrate_once_and_agree_on_the_key(b: &PgBackend) {
+    let opts = b.options();
+    let starts: Vec<_> = (0..6u8)
+        .map(|i| {
+            let opts = opts.clone();
+            let key = KEY + i % 2;
+            tokio::spawn(async move { (key, PgStore::open(&opts, Sealer::new(&[key; 32])).await) })
+        })
+        .collect();
+    let (mut created, mut opened, mut refused) = (0, Vec::new(), Vec::new());
+    for s in starts {
+        match s.await.unwrap() {
+            (key, Ok(o)) => {
+                created += usize::from(o.created);
+                opened.push(key);
+                o.store.close();
+            }
+            (key, Err(StoreError::WrongKey)) => refused.push(key),
+            (key, Err(e)) => panic!("start with key {key}: {e:?}"),
+        }
+    }
+    assert_eq!(created, 1, "one start made the database");
+    assert_eq!(opened.len(), 3, "opened {opened:?}, refused {refused:?}");
+    assert!(opened.iter().all(|k| *k == opened[0]), "{opened:?}");
+    assert!(refused.iter().all(|k| *k != opened[0]), "{refused:?}");
+    // Each migration was applied once.
+    let rows = pg_query_i64(
+        &b.db.url,
+        "SELECT count(*) FROM totpd_schema_version GROUP BY version HAVING count(*) <> 1",
+    );
+    assert!(rows.is_empty(), "migrations applied twice: {rows:?}");
+    let version = pg_query_i64(
+        &b.db.url,
+        "SELECT max(version)::bigint FROM totpd_schema_version",
+    );
+    assert_eq!(
+        version,
+        vec![i64::from(totpd::store::postgres::schema_version())]
+    );
+}
+
+/// The first column of every row of `sql` (as i64), on `url`.
+fn pg_query_i64(url: &str, sql: &str) -> Vec<i64> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let task = tokio::spawn(conn);
+                let rows = c.query(&sql, &[]).await.unwrap();
+                task.abort();
+                rows.iter().map(|r| r.get::<_, i64>(0)).collect()
+            })
+    })
+    .join()
+    .unwrap()
+}
+
+async fn pg_a_newer_schema_is_refused(b: &PgBackend) {
+    let s = open_core(b);
+    close(&s).await;
+    b.db.sql("INSERT INTO totpd_schema_version (version) VALUES (9999)");
+    match try_open_core(b, KEY) {
+        Err(StoreError::TooNew { found: 9999, known }) => {
+            assert_eq!(known, i64::from(totpd::store::postgres::schema_version()))
+        }
+        Err(e) => panic!("expected TooNew, got {e:?}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+}
+
+/// A statement stuck behind a lock is cancelled by the statement timeout, and a call
+/// that finds the pool busy gives up after the pool wait: both `Unavailable`, both in
+/// bounded time, and the store works as soon as the lock goes.
+async fn pg_statement_timeout_and_pool_wait_answer_unavailable(b: &PgBackend) {
+    let mut opts = pg_small_options(&b.db.url);
+    opts.pool_size = 1;
+    let s = pg_open_with(b, &opts);
+    s.put_policy("p", "{}", NOW).await.unwrap();
+
+    // Another session holds the policy's row lock.
+    let (holder, conn) = tokio_postgres::connect(&b.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    holder
+        .batch_execute("BEGIN; SELECT * FROM policies WHERE name = 'p' FOR UPDATE")
+        .await
+        .unwrap();
+
+    // A write of that policy takes the pool's one connection and waits for the lock...
+    let started = std::time::Instant::now();
+    let writer = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.put_policy("p", "{\"x\": 1}", NOW).await })
+    };
+    let mut waiting = false;
+    for _ in 0..200 {
+        let n = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(waiting, "the write waits for the lock");
+    // ...so a read finds no free connection within the pool wait.
+    let read_started = std::time::Instant::now();
+    assert_err!(s.get_policy("p").await, StoreError::Unavailable);
+    let waited = read_started.elapsed();
+    assert!(
+        waited >= opts.pool_wait / 2 && waited < opts.pool_wait + opts.statement_timeout,
+        "the read gave up after the pool wait ({waited:?})"
+    );
+    // The write is cancelled by the server's statement timeout, well before the
+    // store's own deadline would have stopped it.
+    assert_err!(writer.await.unwrap(), StoreError::Unavailable);
+    assert!(
+        started.elapsed() < opts.deadline() - std::time::Duration::from_millis(500),
+        "cancelled at the statement timeout, not later ({:?})",
+        started.elapsed()
+    );
+
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    conn.abort();
+    assert_eq!(s.get_policy("p").await.unwrap(), Some("{}".to_string()));
+    s.put_policy("p", "{\"y\": 2}", NOW).await.unwrap();
+    assert_eq!(
+        s.get_policy("p").await.unwrap(),
+        Some("{\"y\": 2}".to_string())
+    );
+    close(&s).await;
+}
+
+/// The server closes every connection (a restart, a failover): each call either works
+/// or answers `Unavailable`, and the pool replaces the dead connections by itself.
+async fn pg_dropped_connections_are_replaced(b: &PgBackend) {
+    let mut opts = b.options();
+    opts.pool_size = 4;
+    let s = pg_open_with(b, &opts);
+    s.put_policy("before", "{}", NOW).await.unwrap();
+    // Fill the pool.
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get_policy("before").await })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap().unwrap();
+    }
+    let dropped = tokio::task::block_in_place(|| b.db.drop_connections());
+    assert!(dropped >= 1, "the store's connections were dropped");
+    let mut ok = 0;
+    for _ in 0..20 {
+        match s.get_policy("before").await {
+            Ok(doc) => {
+                assert_eq!(doc, Some("{}".to_string()));
+                ok += 1;
+            }
+            Err(StoreError::Unavailable) => {}
+            Err(e) => panic!("expected a result or Unavailable, got {e:?}"),
+        }
+    }
+    assert!(
+        ok >= 16,
+        "the pool recovered by itself ({ok} of 20 reads worked)"
+    );
+    s.put_policy("after", "{}", NOW).await.unwrap();
+    assert_eq!(s.list_policies().await.unwrap(), vec!["after", "before"]);
+    close(&s).await;
+}
+
+/// A TCP proxy to the cluster's Unix socket that a test can stop (refusing new
+/// connections and cutting those open, as a database that went down), stall (holding
+/// connections open and passing nothing, as a network that drops packets), and start
+/// again on the same port.
+struct PgProxy {
+    addr: std::net::SocketAddr,
+    socket: std::path::PathBuf,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl PgProxy {
+    async fn start(url: &str) -> PgProxy {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let dir = cfg
+            .get_hosts()
+            .iter()
+            .find_map(|h| match h {
+                tokio_postgres::config::Host::Unix(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("TOTPD_TEST_POSTGRES names a Unix socket directory");
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = PgProxy {
+            addr: listener.local_addr().unwrap(),
+            socket: dir.join(format!(".s.PGSQL.{port}")),
+            stalled: Arc::default(),
+            tasks: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `url`'s user and database, through the proxy.
+    fn url(&self, url: &str) -> String {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        format!(
+            "postgresql://{}@{}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            self.addr,
+            cfg.get_dbname().unwrap()
+        )
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (socket, stalled, tasks) = (
+            self.socket.clone(),
+            Arc::clone(&self.stalled),
+            Arc::clone(&self.tasks),
+        );
+        let accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else {
+                    continue;
+                };
+                let (tr, tw) = tcp.into_split();
+                let (ur, uw) = unix.into_split();
+                let mut t = tasks.lock().unwrap();
+                t.push(tokio::spawn(pump(tr, uw, Arc::clone(&stalled))));
+                t.push(tokio::spawn(pump(ur, tw, Arc::clone(&stalled))));
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Down: the port refuses connections and every open one is cut.
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Up again, on the same port.
+    async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies bytes from `from` to `to`, holding them while the proxy is stalled.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Calls `f` until it works (at most 10 s), allowing `Unavailable` meanwhile.
+async fn pg_until_ok<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(StoreError::Unavailable)
+                if started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("did not recover: {e:?}"),
+        }
+    }
+}
+
+/// PostgreSQL goes away under a running store, then comes back: calls during the
+/// outage answer `Unavailable` at once (down) or within the store's deadline (a silent
+/// network), never hang and never claim a write; the store recovers without a restart,
+/// with everything written before the outage, and a spent token stays spent.
+async fn pg_an_outage_answers_unavailable_and_the_store_recovers(b: &PgBackend) {
+    let proxy = PgProxy::start(&b.db.url).await;
+    let opts = pg_small_options(&proxy.url(&b.db.url));
+    let s = pg_open_with(b, &opts);
+    s.put_policy("deploy", &tagged_doc("v0"), NOW)
+        .await
+        .unwrap();
+    let spent = policy_token("ratls", "deploy", NOW + 600);
+    let kept = policy_token("ratls", "deploy", NOW + 600);
+    s.create_policy_token(&spent).await.unwrap();
+    s.create_policy_token(&kept).await.unwrap();
+    assert_eq!(
+        s.spend_policy_token_and_update(&spent.hash, "deploy", &tagged_doc("v1"), NOW)
+            .await
+            .unwrap(),
+        Spend::Spent
+    );
+
+    // Down: refused at once.
+    proxy.stop();
+    assert_err!(s.ping().await, StoreError::Unavailable);
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        assert_err!(
+            s.put_policy(&format!("during-{i}"), "{}", NOW).await,
+            StoreError::Unavailable
+        );
+        assert_err!(
+            s.spend_policy_token_and_update(&kept.hash, "deploy", &tagged_doc("x"), NOW)
+                .await,
+            StoreError::Unavailable
+        );
+        assert!(
+            started.elapsed() < opts.pool_wait + opts.connect_timeout * 2,
+            "answered quickly ({:?})",
+            started.elapsed()
+        );
+    }
+
+    // Up again: the same store works, with what was written before.
+    proxy.restart().await;
+    pg_until_ok(|| s.ping()).await;
+    let doc = pg_until_ok(|| s.get_policy("deploy")).await;
+    assert_eq!(doc, Some(tagged_doc("v1")));
+    assert_eq!(
+        s.spend_policy_token_and_update(&spent.hash, "deploy", &tagged_doc("v2"), NOW)
+            .await
+            .unwrap(),
+        Spend::Refused(SpendRefusal::Spent),
+        "a token spent before the outage stays spent"
+    );
+    assert_eq!(s.list_policies().await.unwrap(), vec!["deploy"]);
+
+    // A network that swallows everything: the deadline answers, nothing hangs.
+    proxy.stall(true);
+    let started = std::time::Instant::now();
+    assert_err!(s.get_policy("deploy").await, StoreError::Unavailable);
+    assert!(
+        started.elapsed() <= opts.deadline() + std::time::Duration::from_secs(1),
+        "bounded by the deadline ({:?})",
+        started.elapsed()
+    );
+    proxy.stall(false);
+    let doc = pg_until_ok(|| s.get_policy("deploy")).await;
+    assert_eq!(doc, Some(tagged_doc("v1")));
+    // The unspent token is still spendable, once.
+    let v3 = tagged_doc("v3");
+    assert_eq!(
+        pg_until_ok(|| s.spend_policy_token_and_update(&kept.hash, "deploy", &v3, NOW)).await,
+        Spend::Spent
     );
     close(&s).await;
 }

@@ -15,6 +15,7 @@
 //! Every exactly-once rule is one call here, documented "atomic against every concurrent
 //! call": a backend must make it so, whatever its locking.
 
+pub mod postgres;
 pub mod seal;
 pub mod sqlite;
 

@@ -17,9 +17,19 @@ pub struct ServeArgs {
     /// [default: ./totpd-data with --dev, else $STATE_DIRECTORY or /var/lib/totpd]
     #[arg(long, env = "TOTPD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// SQLite database file. [default: <data-dir>/totpd.db]
-    #[arg(long, env = "TOTPD_DB", value_name = "FILE")]
+    /// SQLite database file (the same as `--database FILE`). [default: <data-dir>/totpd.db]
+    #[arg(
+        long,
+        env = "TOTPD_DB",
+        value_name = "FILE",
+        conflicts_with = "database"
+    )]
     pub db: Option<PathBuf>,
+    /// The store: a SQLite file (a path, or `sqlite:PATH`), or PostgreSQL
+    /// (`postgres://user@host/db`, `?sslmode=require` for TLS), which several daemons may
+    /// share. [default: SQLite at <data-dir>/totpd.db]
+    #[arg(long, env = "TOTPD_DATABASE", value_name = "URL|FILE")]
+    pub database: Option<String>,
     /// Permissions of the Unix socket, in octal. [default: 0660]
     #[arg(long, env = "TOTPD_SOCKET_MODE", value_name = "OCTAL", value_parser = parse_octal)]
     pub socket_mode: Option<u32>,
@@ -160,6 +170,7 @@ fn in_range(key: &str, v: Option<u32>, max: u32) -> Result<Option<u32>, String> 
 struct FileConfig {
     data_dir: Option<PathBuf>,
     db: Option<PathBuf>,
+    database: Option<String>,
     socket: Option<PathBuf>,
     socket_mode: Option<String>,
     socket_group: Option<String>,
@@ -201,7 +212,11 @@ fn file_duration(key: &str, v: Option<&toml::Value>) -> Result<Option<u64>, Stri
 pub struct ServeConfig {
     pub dev: bool,
     pub data_dir: PathBuf,
+    /// The SQLite file (unused when `postgres` is set).
     pub db: PathBuf,
+    /// The PostgreSQL URL, when the store is PostgreSQL. It may hold a password: never
+    /// log it whole (see [`redact_url`]).
+    pub postgres: Option<String>,
     pub socket: PathBuf,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
@@ -326,6 +341,57 @@ fn audit_config(
     crate::audit::Config { sink, fail }
 }
 
+/// Which store: `--database` (a URL or a file) or `--db` (a file), flags over the config
+/// file; SQLite at `<data_dir>/totpd.db` without either.
+fn database(
+    db_flag: Option<PathBuf>,
+    database_flag: Option<String>,
+    db_file: Option<PathBuf>,
+    database_file: Option<String>,
+    data_dir: &Path,
+) -> Result<(PathBuf, Option<String>), String> {
+    let default = || data_dir.join("totpd.db");
+    let chosen = match (db_flag, database_flag) {
+        (Some(p), _) => return Ok((p, None)),
+        (None, Some(d)) => d,
+        (None, None) => match (db_file, database_file) {
+            (Some(_), Some(_)) => {
+                return Err("config: give `database` or `db`, not both".into());
+            }
+            (Some(p), None) => return Ok((p, None)),
+            (None, Some(d)) => d,
+            (None, None) => return Ok((default(), None)),
+        },
+    };
+    let d = chosen.trim();
+    if d.starts_with("postgres://") || d.starts_with("postgresql://") {
+        return Ok((default(), Some(d.to_string())));
+    }
+    if d.contains("://") {
+        return Err(format!(
+            "--database {}: only postgres:// URLs or SQLite files are supported",
+            redact_url(d)
+        ));
+    }
+    let path = d.strip_prefix("sqlite:").unwrap_or(d);
+    if path.is_empty() {
+        return Err("--database: empty".into());
+    }
+    Ok((PathBuf::from(path), None))
+}
+
+/// A database URL fit for a log line or an error: its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<a URL that does not parse>".into(),
+    }
+}
+
 impl ServeArgs {
     /// Merges flags/environment over the config file over defaults.
     pub fn resolve(&self, socket_flag: Option<&Path>) -> Result<ServeConfig, String> {
@@ -401,13 +467,17 @@ impl ServeArgs {
             (None, Some(s)) => parse_octal(&s).map_err(|e| format!("config socket_mode: {e}"))?,
             (None, None) => 0o660,
         };
+        let (db, postgres) = database(
+            self.db.clone(),
+            self.database.clone(),
+            file.db,
+            file.database,
+            &data_dir,
+        )?;
         Ok(ServeConfig {
             dev,
-            db: self
-                .db
-                .clone()
-                .or(file.db)
-                .unwrap_or_else(|| data_dir.join("totpd.db")),
+            db,
+            postgres,
             socket: socket_flag
                 .map(Path::to_path_buf)
                 .or(file.socket)
@@ -630,5 +700,68 @@ mod tests {
         assert_eq!(parse_octal("0660"), Ok(0o660));
         assert_eq!(parse_interval("10m"), Ok(600));
         assert!(parse_interval("0").is_err() && parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn database_takes_a_postgres_url_or_a_sqlite_file() {
+        let d = Path::new("/data");
+        let pick =
+            |db: Option<&str>, url: Option<&str>, fdb: Option<&str>, fdatabase: Option<&str>| {
+                database(
+                    db.map(PathBuf::from),
+                    url.map(str::to_string),
+                    fdb.map(PathBuf::from),
+                    fdatabase.map(str::to_string),
+                    d,
+                )
+            };
+        assert_eq!(
+            pick(None, None, None, None).unwrap(),
+            (PathBuf::from("/data/totpd.db"), None)
+        );
+        assert_eq!(
+            pick(None, Some("postgres://u@h/db"), None, None).unwrap().1,
+            Some("postgres://u@h/db".to_string())
+        );
+        assert_eq!(
+            pick(None, Some("postgresql://u@%2Frun%2Fpg/db"), None, None)
+                .unwrap()
+                .1,
+            Some("postgresql://u@%2Frun%2Fpg/db".to_string())
+        );
+        assert_eq!(
+            pick(None, Some("sqlite:/srv/t.db"), None, None).unwrap(),
+            (PathBuf::from("/srv/t.db"), None)
+        );
+        assert_eq!(
+            pick(None, Some("/srv/t.db"), None, None).unwrap(),
+            (PathBuf::from("/srv/t.db"), None)
+        );
+        // --db is the alias for a file; flags win over the file's keys.
+        assert_eq!(
+            pick(Some("/a.db"), None, None, Some("postgres://x/y")).unwrap(),
+            (PathBuf::from("/a.db"), None)
+        );
+        assert_eq!(
+            pick(None, None, Some("/f.db"), None).unwrap(),
+            (PathBuf::from("/f.db"), None)
+        );
+        assert!(pick(None, None, Some("/f.db"), Some("postgres://x/y")).is_err());
+        // Another scheme is refused, and the error shows no password.
+        let e = pick(None, Some("mysql://u:secret@h/db"), None, None).unwrap_err();
+        assert!(!e.contains("secret") && e.contains("***"), "{e}");
+        assert!(pick(None, Some("sqlite:"), None, None).is_err());
+    }
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact_url("postgres://totpd:hunter2@db.example/totpd?sslmode=require"),
+            "postgres://totpd:***@db.example/totpd?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db.example/totpd"),
+            "postgres://db.example/totpd"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Conformance suite for the storage traits (`totpd::store::Store`).
 //!
-//! Every case talks only to an `Arc<dyn Store>`, so each backend must pass it unchanged:
+//! Every case talks only to the store traits (an `Arc<dyn Store>`, or for the core cases
+//! any [`CoreStore`]), so each backend must pass it unchanged:
 //! every operation of `TokenStore`, `PolicyStore`, `PolicyTokenStore`, `MfaStore`,
 //! `AgentStore` and `UserTotpStore` does what its doc comment says, the "atomic against
 //! every concurrent call" rules hold under 64 concurrent callers (one right code is
@@ -17,14 +18,16 @@
 //! expression gives an `Option`: `None` skips the test, passing).
 //!
 //! A backend that implements only some areas so far runs the cases of those: the cases
-//! of `TokenStore`, `PolicyStore` and `PolicyTokenStore` (their concurrency case, the key
-//! check and a closed store included) are generic over [`CoreBackend`], which yields any
-//! [`CoreStore`], and `core_suite!(fixture)` runs them. Every [`Backend`] is a
-//! `CoreBackend` too, and `conformance_suite!` runs the core cases and the rest, so
-//! SQLite runs everything. PostgreSQL (`mod postgres`, needing `TOTPD_TEST_POSTGRES`,
-//! one fresh database per test) runs the core cases, plus cases of its own that only a
-//! shared database has: two stores (two daemons) on one database, concurrent starts, a
-//! statement timeout, a full pool, and connections the server dropped.
+//! of `TokenStore`, `PolicyStore`, `PolicyTokenStore`, `MfaStore`, `AgentStore` and
+//! `UserTotpStore` (their concurrency cases, replay after a reopen, the key checks, the
+//! lockout counts and a closed store included) are generic over [`CoreBackend`], which
+//! yields any [`CoreStore`], and `core_suite!(fixture)` runs them. Every [`Backend`] is
+//! a `CoreBackend` too, and `conformance_suite!` runs the core cases and the rest
+//! (`KeyStore`, `OpsStore`, `TransferStore`), so SQLite runs everything. PostgreSQL
+//! (`mod postgres`, needing `TOTPD_TEST_POSTGRES`, one fresh database per test) runs the
+//! core cases, plus cases of its own that only a shared database has: two stores (two
+//! daemons) on one database, concurrent starts, a statement timeout, a full pool, and
+//! connections the server dropped.
 //! Times are fixed (`NOW`); nothing here reads the clock.
 
 use std::sync::Arc;
@@ -35,9 +38,10 @@ use totpd::store::postgres::{PgOptions, PgStore};
 use totpd::store::seal::KeyRing;
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    Activation, AgentSecretInfo, Check, Clash, Enrollment, MethodRecord, PolicyStore,
-    PolicyTokenRecord, PolicyTokenStore, Proof, RecoveryHash, Sealer, Setup, Spend, SpendRefusal,
-    Store, StoreError, Thing, TokenRecord, TokenStore, MAX_USER_DEVICES,
+    Activation, AgentSecretInfo, AgentStore, Check, Clash, Enrollment, Lockouts, MethodRecord,
+    MfaStore, PolicyStore, PolicyTokenRecord, PolicyTokenStore, Proof, RecoveryHash, Sealer, Setup,
+    Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord, TokenStore, UserTotpStore,
+    MAX_USER_DEVICES,
 };
 use uuid::Uuid;
 
@@ -110,23 +114,44 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// What the core cases need of a store: tokens, policies and policy tokens, and a way
-/// to close it. Every `Store` is one; so is a backend's store that implements only these
+/// What the core cases need of a store: tokens, policies, policy tokens, MFA methods and
+/// secrets, agent secrets and the user login step, a way to close it, and its lockout
+/// counts. Every `Store` is one; so is a backend's store that implements only these
 /// areas so far.
-trait CoreStore: TokenStore + PolicyStore + PolicyTokenStore + Send + Sync + 'static {
+trait CoreStore:
+    TokenStore
+    + PolicyStore
+    + PolicyTokenStore
+    + MfaStore
+    + AgentStore
+    + UserTotpStore
+    + Send
+    + Sync
+    + 'static
+{
     /// As [`Store::close`]: later calls fail with `Closed`. Blocking.
     fn close_store(&self);
+    /// As [`Store::lockouts`]: the locks begun since the store was opened.
+    fn lockouts_begun(&self) -> Lockouts;
 }
 
 impl CoreStore for dyn Store {
     fn close_store(&self) {
         self.close()
     }
+
+    fn lockouts_begun(&self) -> Lockouts {
+        self.lockouts()
+    }
 }
 
 impl CoreStore for PgStore {
     fn close_store(&self) {
         self.close()
+    }
+
+    fn lockouts_begun(&self) -> Lockouts {
+        self.lockouts()
     }
 }
 
@@ -175,15 +200,23 @@ impl PgBackend {
     }
 }
 
-impl CoreBackend for PgBackend {
-    type Store = PgStore;
-
-    fn open_core(&self, key: u8) -> Result<Arc<PgStore>, StoreError> {
-        self.open_with(&self.options(), Sealer::new(&[key; 32]))
+impl Backend for PgBackend {
+    fn open(&self, key: u8) -> Result<Arc<dyn Store>, StoreError> {
+        let store: Arc<dyn Store> = self.open_with(&self.options(), Sealer::new(&[key; 32]))?;
+        Ok(store)
     }
 
-    fn open_core_ring(&self, ring: &KeyRing) -> Result<Arc<PgStore>, StoreError> {
-        self.open_with(&self.options(), Sealer::from_ring(ring))
+    fn open_ring(&self, ring: &KeyRing) -> Result<Arc<dyn Store>, StoreError> {
+        let store: Arc<dyn Store> = self.open_with(&self.options(), Sealer::from_ring(ring))?;
+        Ok(store)
+    }
+
+    /// PostgreSQL is backed up and restored with its own tools (pg_dump, pg_basebackup),
+    /// not through the store: the backup cases are SQLite's.
+    fn restore(&self, _: &std::fs::File, _: u8) -> Result<Box<dyn Backend>, StoreError> {
+        Err(StoreError::Unsupported(
+            "back up PostgreSQL with pg_dump or pg_basebackup",
+        ))
     }
 }
 
@@ -205,8 +238,9 @@ macro_rules! cases {
     };
 }
 
-/// The cases of `TokenStore`, `PolicyStore` and `PolicyTokenStore`, for a
-/// [`CoreBackend`] fixture.
+/// The cases of the [`CoreStore`] areas (`TokenStore`, `PolicyStore`,
+/// `PolicyTokenStore`, `MfaStore`, `AgentStore`, `UserTotpStore`), their concurrency
+/// cases included, for a [`CoreBackend`] fixture.
 macro_rules! core_suite {
     ($fixture:expr) => {
         cases!($fixture;
@@ -221,15 +255,6 @@ macro_rules! core_suite {
             case_concurrent_spends_one_winner,
             case_key_check_refuses_other_keys,
             case_closed_store_refuses,
-        );
-    };
-}
-
-/// Every case, for a [`Backend`] fixture: the core cases and those of the other areas.
-macro_rules! conformance_suite {
-    ($fixture:expr) => {
-        core_suite!($fixture);
-        cases!($fixture;
             case_methods_create_get_list,
             case_methods_update,
             case_methods_delete,
@@ -242,15 +267,29 @@ macro_rules! conformance_suite {
             case_user_code_checks,
             case_user_login_with_temp_tokens,
             case_user_recovery_codes,
+            case_user_devices_made_in_one_second_keep_their_order,
             case_concurrent_right_code_accepted_once,
             case_concurrent_wrong_codes_all_counted,
             case_replay_refused_after_reopen,
             case_concurrent_creates_one_name_one_winner,
             case_concurrent_logins_one_code_one_winner,
+            case_concurrent_logins_one_temp_token_one_winner,
             case_concurrent_recovery_spends_one_winner,
             case_user_device_cap_and_temp_tokens_die_with_the_user,
+            case_concurrent_enrolments_one_secret,
+            case_concurrent_setups_keep_the_device_cap,
             case_wrong_key_refused,
             case_closed_store_refuses_mfa_writes,
+        );
+    };
+}
+
+/// Every case, for a [`Backend`] fixture: the core cases and those of the other areas
+/// (`KeyStore`, `OpsStore`, `TransferStore`).
+macro_rules! conformance_suite {
+    ($fixture:expr) => {
+        core_suite!($fixture);
+        cases!($fixture;
             case_key_rotation_reseals_every_value_beside_validations,
             case_key_status_and_a_ring_missing_a_key_in_use,
             case_ops_rows_sizes_and_writer,
@@ -269,8 +308,16 @@ mod sqlite {
 /// own cases below ([`pg_cases`]).
 mod postgres {
     core_suite!(crate::PgBackend::new());
+    // The other areas' cases that hold on PostgreSQL too; its backups are PostgreSQL's
+    // own tools, and it has no single writer to report on (tests/pg_ops.rs covers both).
+    cases!(crate::PgBackend::new();
+        case_key_rotation_reseals_every_value_beside_validations,
+        case_key_status_and_a_ring_missing_a_key_in_use,
+        case_transfer_export_and_import,
+    );
     cases!(crate::PgBackend::new();
         pg_two_stores_on_one_database_share_every_write,
+        pg_two_stores_one_code_once_every_failure_counted_one_login,
         pg_starts_together_migrate_once_and_agree_on_the_key,
         pg_a_newer_schema_is_refused,
         pg_statement_timeout_and_pool_wait_answer_unavailable,
@@ -381,7 +428,7 @@ fn wrong_code(secret: &[u8], p: &Params, skew: u32, now: i64) -> String {
 }
 
 /// Enrolls `entity` for the existing method `m`.
-async fn enrolled_again(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) {
+async fn enrolled_again<S: CoreStore + ?Sized>(s: &Arc<S>, m: &MethodRecord, entity: &str) {
     assert!(matches!(
         s.create_mfa_secret(&m.id, entity, NOW).await,
         Ok(Enrollment::Created { .. })
@@ -389,7 +436,7 @@ async fn enrolled_again(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) {
 }
 
 /// Creates `m` and enrolls `entity`, returning the secret.
-async fn enrolled(s: &Arc<dyn Store>, m: &MethodRecord, entity: &str) -> Vec<u8> {
+async fn enrolled<S: CoreStore + ?Sized>(s: &Arc<S>, m: &MethodRecord, entity: &str) -> Vec<u8> {
     s.create_method(m).await.expect("create_method");
     match s.create_mfa_secret(&m.id, entity, NOW).await {
         Ok(Enrollment::Created { secret, .. }) => secret,
@@ -473,8 +520,8 @@ impl Tally {
 
 /// Runs `n` concurrent checks of `code` for `entity` at `now`, each in its own task,
 /// released together by a barrier so they really contend.
-async fn concurrent_checks(
-    s: &Arc<dyn Store>,
+async fn concurrent_checks<S: CoreStore + ?Sized>(
+    s: &Arc<S>,
     method_id: &str,
     entity: &str,
     code: &str,
@@ -537,7 +584,12 @@ fn user_wrong_code(secrets: &[&[u8]], now: i64) -> String {
 
 /// Sets up `entity`'s default device and activates it with the code of NOW, storing
 /// `codes`: the user is active, NOW's step is used on the device, no failures count.
-async fn active_user(s: &Arc<dyn Store>, entity: &str, secret: &[u8], codes: &[RecoveryHash]) {
+async fn active_user<S: CoreStore + ?Sized>(
+    s: &Arc<S>,
+    entity: &str,
+    secret: &[u8],
+    codes: &[RecoveryHash],
+) {
     assert_eq!(
         s.setup_user_device(entity, None, &new_id(), secret, &params(), NOW)
             .await
@@ -553,7 +605,7 @@ async fn active_user(s: &Arc<dyn Store>, entity: &str, secret: &[u8], codes: &[R
 }
 
 /// Adds an active device `name` to a user who already has one, activated at NOW.
-async fn added_device(s: &Arc<dyn Store>, entity: &str, name: &str, secret: &[u8]) {
+async fn added_device<S: CoreStore + ?Sized>(s: &Arc<S>, entity: &str, name: &str, secret: &[u8]) {
     assert_eq!(
         s.setup_user_device(entity, Some(name), &new_id(), secret, &params(), NOW)
             .await
@@ -569,7 +621,7 @@ async fn added_device(s: &Arc<dyn Store>, entity: &str, name: &str, secret: &[u8
 }
 
 /// The user's devices as (name, active, created_at), oldest first.
-async fn user_devices(s: &Arc<dyn Store>, entity: &str) -> Vec<(String, bool, i64)> {
+async fn user_devices<S: CoreStore + ?Sized>(s: &Arc<S>, entity: &str) -> Vec<(String, bool, i64)> {
     s.list_user_devices(entity)
         .await
         .unwrap()
@@ -605,7 +657,11 @@ fn recovery_matches(code: &RecoveryCode, stored: Option<&str>) -> bool {
 
 /// `n` temp_tokens for `entity`, good for five minutes from NOW, with one login token
 /// each to store on success; every create must succeed (the user is active).
-async fn temp_tokens(s: &Arc<dyn Store>, entity: &str, n: usize) -> Vec<(String, TokenRecord)> {
+async fn temp_tokens<S: CoreStore + ?Sized>(
+    s: &Arc<S>,
+    entity: &str,
+    n: usize,
+) -> Vec<(String, TokenRecord)> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let temp = format!("temp-{entity}-{i}");
@@ -1208,8 +1264,8 @@ async fn case_concurrent_spends_one_winner<B: CoreBackend + ?Sized>(b: &B) {
 // MfaStore: methods
 // ---------------------------------------------------------------------------------------
 
-async fn case_methods_create_get_list(b: &dyn Backend) {
-    let s = open(b);
+async fn case_methods_create_get_list<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // Every field away from the helper's defaults, so a dropped column shows.
     let full = MethodRecord {
         params: Params::new("SHA512", 8, 60).unwrap(),
@@ -1252,8 +1308,8 @@ async fn case_methods_create_get_list(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_methods_update(b: &dyn Backend) {
-    let s = open(b);
+async fn case_methods_update<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let alpha = method(Some("alpha"), 5);
     let beta = method(Some("beta"), 5);
     s.create_method(&alpha).await.unwrap();
@@ -1312,8 +1368,8 @@ async fn case_methods_update(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_methods_delete(b: &dyn Backend) {
-    let s = open(b);
+async fn case_methods_delete<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = method(Some("held"), 5);
     enrolled(&s, &m, "entity-1").await;
 
@@ -1359,8 +1415,8 @@ async fn case_methods_delete(b: &dyn Backend) {
 // MfaStore: secrets and codes
 // ---------------------------------------------------------------------------------------
 
-async fn case_mfa_secret_enrollment(b: &dyn Backend) {
-    let s = open(b);
+async fn case_mfa_secret_enrollment<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = MethodRecord {
         key_size: 32,
         ..method(Some("enroll"), 1000)
@@ -1421,8 +1477,8 @@ async fn case_mfa_secret_enrollment(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_mfa_secret_delete(b: &dyn Backend) {
-    let s = open(b);
+async fn case_mfa_secret_delete<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = method(Some("delete"), 1000);
     let old = enrolled(&s, &m, "entity-1").await;
 
@@ -1452,8 +1508,8 @@ async fn case_mfa_secret_delete(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_mfa_check_outcomes(b: &dyn Backend) {
-    let s = open(b);
+async fn case_mfa_check_outcomes<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = method(Some("check"), 1000);
     let secret = enrolled(&s, &m, "entity-1").await;
     let right = code_at(&secret, &m.params, NOW);
@@ -1500,8 +1556,8 @@ async fn case_mfa_check_outcomes(b: &dyn Backend) {
 // AgentStore
 // ---------------------------------------------------------------------------------------
 
-async fn case_agent_secrets(b: &dyn Backend) {
-    let s = open(b);
+async fn case_agent_secrets<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // Created newer-first, so "oldest first" cannot be insertion order by accident.
     let newer = agent_info("newer", Some("GitHub"), NOW + 10);
     let older = agent_info("older", None, NOW);
@@ -1591,8 +1647,8 @@ async fn case_agent_secrets(b: &dyn Backend) {
 // UserTotpStore
 // ---------------------------------------------------------------------------------------
 
-async fn case_user_setup_and_activate(b: &dyn Backend) {
-    let s = open(b);
+async fn case_user_setup_and_activate<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let (first, second, backup, third) = (
         device_secret(1),
         device_secret(2),
@@ -1746,8 +1802,8 @@ async fn case_user_setup_and_activate(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_user_code_checks(b: &dyn Backend) {
-    let s = open(b);
+async fn case_user_code_checks<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let (main, backup) = (device_secret(1), device_secret(2));
     active_user(&s, "user-1", &main, &[]).await;
     added_device(&s, "user-1", "backup", &backup).await;
@@ -1864,8 +1920,8 @@ async fn case_user_code_checks(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_user_login_with_temp_tokens(b: &dyn Backend) {
-    let s = open(b);
+async fn case_user_login_with_temp_tokens<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let secret = device_secret(1);
 
     // A temp_token is for a user with an active device; a pending one is not enough.
@@ -1996,8 +2052,8 @@ async fn case_user_login_with_temp_tokens(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_user_recovery_codes(b: &dyn Backend) {
-    let s = open(b);
+async fn case_user_recovery_codes<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let (main, backup, spare) = (device_secret(1), device_secret(2), device_secret(3));
     let (codes, hashes) = recovery_codes(3);
     let (set, replacement) = (&hashes[..2], &hashes[2..]);
@@ -2208,12 +2264,59 @@ async fn case_user_recovery_codes(b: &dyn Backend) {
     close(&s).await;
 }
 
+/// Devices made in one second are listed in the order they were made (not by name),
+/// and a pending device set up again is made again: it moves to the end.
+async fn case_user_devices_made_in_one_second_keep_their_order<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    active_user(&s, "user-1", &device_secret(1), &[]).await;
+    for name in ["zeta", "alpha", "mid"] {
+        assert_eq!(
+            s.setup_user_device(
+                "user-1",
+                Some(name),
+                &new_id(),
+                &device_secret(2),
+                &params(),
+                NOW
+            )
+            .await
+            .unwrap(),
+            Setup::Pending
+        );
+    }
+    let names = |devices: Vec<(String, bool, i64)>| -> Vec<String> {
+        devices.into_iter().map(|(name, _, _)| name).collect()
+    };
+    assert_eq!(
+        names(user_devices(&s, "user-1").await),
+        ["default", "zeta", "alpha", "mid"]
+    );
+    assert_eq!(
+        s.setup_user_device(
+            "user-1",
+            Some("zeta"),
+            &new_id(),
+            &device_secret(3),
+            &params(),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Setup::Pending
+    );
+    assert_eq!(
+        names(user_devices(&s, "user-1").await),
+        ["default", "alpha", "mid", "zeta"]
+    );
+    close(&s).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Atomicity under concurrency
 // ---------------------------------------------------------------------------------------
 
-async fn case_concurrent_right_code_accepted_once(b: &dyn Backend) {
-    let s = open(b);
+async fn case_concurrent_right_code_accepted_once<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // A high limit, so the 63 losers are refused as replays rather than locking early;
     // Locked is still counted as a valid refusal.
     let m = method(Some("race"), 1000);
@@ -2236,8 +2339,8 @@ async fn case_concurrent_right_code_accepted_once(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_concurrent_wrong_codes_all_counted(b: &dyn Backend) {
-    let s = open(b);
+async fn case_concurrent_wrong_codes_all_counted<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = method(Some("lockout"), 5);
     let secret = enrolled(&s, &m, "entity-1").await;
     let wrong = wrong_code(&secret, &m.params, m.skew, NOW);
@@ -2276,8 +2379,8 @@ async fn case_concurrent_wrong_codes_all_counted(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_concurrent_creates_one_name_one_winner(b: &dyn Backend) {
-    let s = open(b);
+async fn case_concurrent_creates_one_name_one_winner<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let s = Arc::clone(&s);
@@ -2311,8 +2414,8 @@ async fn case_concurrent_creates_one_name_one_winner(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_user_device_cap_and_temp_tokens_die_with_the_user(b: &dyn Backend) {
-    let s = open(b);
+async fn case_user_device_cap_and_temp_tokens_die_with_the_user<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     active_user(&s, "user-1", &device_secret(1), &[]).await;
     // Pending devices count toward the cap too: a caller cannot pile them up.
     for i in 1..MAX_USER_DEVICES {
@@ -2375,8 +2478,8 @@ async fn case_user_device_cap_and_temp_tokens_die_with_the_user(b: &dyn Backend)
     close(&s).await;
 }
 
-async fn case_concurrent_logins_one_code_one_winner(b: &dyn Backend) {
-    let s = open(b);
+async fn case_concurrent_logins_one_code_one_winner<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let secret = device_secret(1);
     active_user(&s, "user-1", &secret, &[]).await;
     const N: usize = 16;
@@ -2416,8 +2519,66 @@ async fn case_concurrent_logins_one_code_one_winner(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_concurrent_recovery_spends_one_winner(b: &dyn Backend) {
-    let s = open(b);
+/// One temp_token, 16 logins at once with the right codes of three devices (three
+/// fresh steps): the temp_token logs in once; every other call finds it spent, so
+/// nothing of theirs is checked, spent or counted, and the other devices' codes stay
+/// good.
+async fn case_concurrent_logins_one_temp_token_one_winner<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let secrets = [device_secret(1), device_secret(2), device_secret(3)];
+    active_user(&s, "user-1", &secrets[0], &[]).await;
+    added_device(&s, "user-1", "second", &secrets[1]).await;
+    added_device(&s, "user-1", "third", &secrets[2]).await;
+    assert!(s
+        .create_temp_token("user-1", "temp-shared", NOW, NOW + 300)
+        .await
+        .unwrap());
+    const N: usize = 16;
+    let results = race(N, |i| {
+        let s = Arc::clone(&s);
+        let code = step_code(&secrets[i % 3], 1);
+        let login = token(&format!("login-{i}"), &format!("acc-login-{i}"), None, None);
+        async move {
+            let proof = Proof::Login {
+                temp_hash: "temp-shared",
+                login: &login,
+            };
+            s.check_user_code(proof, &code, NOW).await
+        }
+    })
+    .await;
+    let mut winners = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(Check::Accepted) => winners.push(i),
+            Ok(Check::BadTempToken) => {}
+            other => panic!("call {i}: unexpected {other:?} in {results:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one temp_token, one login: {results:?}");
+    let mut stored = Vec::new();
+    for i in 0..N {
+        if let Some(t) = s.get_token(&format!("login-{i}"), NOW).await.unwrap() {
+            stored.push(t.accessor);
+        }
+    }
+    assert_eq!(stored, [format!("acc-login-{}", winners[0])]);
+    // The other two devices' codes were never checked: they are good now.
+    for (k, secret) in secrets.iter().enumerate() {
+        if k == winners[0] % 3 {
+            continue;
+        }
+        let owner = Proof::Owner {
+            entity_id: "user-1",
+        };
+        let c = s.check_user_code(owner, &step_code(secret, 1), NOW).await;
+        assert_eq!(c.unwrap(), Check::Accepted, "device {k}");
+    }
+    close(&s).await;
+}
+
+async fn case_concurrent_recovery_spends_one_winner<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let secret = device_secret(1);
     let (codes, hashes) = recovery_codes(1);
     active_user(&s, "user-1", &secret, &hashes).await;
@@ -2464,12 +2625,92 @@ async fn case_concurrent_recovery_spends_one_winner(b: &dyn Backend) {
     close(&s).await;
 }
 
+async fn case_concurrent_enrolments_one_secret<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let m = method(Some("enrol-race"), 1000);
+    s.create_method(&m).await.unwrap();
+    const N: usize = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let (s, barrier, id) = (Arc::clone(&s), Arc::clone(&barrier), m.id.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.create_mfa_secret(&id, "entity-1", NOW).await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for t in tasks {
+        match t.await.expect("enrol task panicked") {
+            Ok(Enrollment::Created { secret, .. }) => created.push(secret),
+            Ok(Enrollment::Exists { method }) => assert_eq!(method, m),
+            Err(e) => panic!("enrolment: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one enrolment creates a secret");
+    // The one stored secret is the winner's: its code is the entity's.
+    let code = code_at(&created[0], &m.params, NOW);
+    assert_eq!(
+        s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
+            .await
+            .unwrap(),
+        Outcome::Accepted {
+            step: m.params.step(NOW)
+        }
+    );
+    // Deleting it leaves none behind: there was one.
+    assert!(s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
+    assert!(!s.delete_mfa_secret(&m.id, "entity-1").await.unwrap());
+    close(&s).await;
+}
+
+async fn case_concurrent_setups_keep_the_device_cap<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    active_user(&s, "user-1", &device_secret(1), &[]).await;
+    const N: usize = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let (s, barrier) = (Arc::clone(&s), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let name = format!("spare {i}");
+                s.setup_user_device(
+                    "user-1",
+                    Some(&name),
+                    &new_id(),
+                    &device_secret(2),
+                    &params(),
+                    NOW,
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut pending, mut too_many) = (0, 0);
+    for t in tasks {
+        match t.await.expect("setup task panicked") {
+            Ok(Setup::Pending) => pending += 1,
+            Ok(Setup::TooMany) => too_many += 1,
+            other => panic!("setup: unexpected {other:?}"),
+        }
+    }
+    // Each setup counts the others under the user's one order: none passes the cap.
+    assert_eq!(
+        (pending, too_many),
+        (MAX_USER_DEVICES - 1, N + 1 - MAX_USER_DEVICES)
+    );
+    assert_eq!(user_devices(&s, "user-1").await.len(), MAX_USER_DEVICES);
+    close(&s).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Lifecycle: reopen, key, close
 // ---------------------------------------------------------------------------------------
 
-async fn case_replay_refused_after_reopen(b: &dyn Backend) {
-    let s = open(b);
+async fn case_replay_refused_after_reopen<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     let m = method(Some("durable"), 1000);
     let secret = enrolled(&s, &m, "entity-1").await;
     let code = code_at(&secret, &m.params, NOW);
@@ -2485,7 +2726,7 @@ async fn case_replay_refused_after_reopen(b: &dyn Backend) {
     drop(s);
 
     // The last accepted step was durable: the same code is still a replay.
-    let s = open(b);
+    let s = open_core(b);
     assert_eq!(
         s.check_and_record_mfa_code(&m.id, "entity-1", &code, NOW)
             .await
@@ -2504,9 +2745,9 @@ async fn case_replay_refused_after_reopen(b: &dyn Backend) {
     close(&s).await;
 }
 
-async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
-    let s = open(b);
-    assert_eq!(s.lockouts(), Default::default());
+async fn case_unlock_clears_locks_and_counts_lockouts<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    assert_eq!(s.lockouts_begun(), Default::default());
 
     // An MFA secret: five failures lock it; an unlock lets the right code in at once.
     let m = method(Some("unlock"), 5);
@@ -2520,7 +2761,7 @@ async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
     let check = || s.check_and_record_mfa_code(&m.id, "entity-1", &right, NOW);
     assert_eq!(check().await.unwrap(), Outcome::Refused(Refusal::Locked));
     // Refusals during a lock begin none.
-    assert_eq!(s.lockouts().vault_mfa, 1);
+    assert_eq!(s.lockouts_begun().vault_mfa, 1);
     let cleared = s.unlock_mfa_secret(&m.id, "entity-1").await.unwrap();
     assert_eq!(cleared.locked_until, Some(NOW + m.params.period as i64));
     assert_eq!(cleared.failures, 0, "a lock restarts the count");
@@ -2541,7 +2782,7 @@ async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
         assert_eq!(o.await.unwrap(), Outcome::Refused(Refusal::Invalid));
     }
     assert_eq!(
-        s.lockouts().vault_mfa,
+        s.lockouts_begun().vault_mfa,
         1,
         "four failures after the unlock lock nothing"
     );
@@ -2569,7 +2810,7 @@ async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
     let right = step_code(&main, 1);
     let c = s.check_user_code(owner(), &right, NOW).await.unwrap();
     assert_eq!(c, Check::Refused(Refusal::Locked));
-    assert_eq!(s.lockouts().user_totp, 1);
+    assert_eq!(s.lockouts_begun().user_totp, 1);
     let cleared = s.unlock_user("user-1").await.unwrap().expect("a device");
     assert_eq!(cleared.locked_until, Some(NOW + PERIOD));
     let c = s.check_user_code(owner(), &right, NOW).await.unwrap();
@@ -2578,15 +2819,15 @@ async fn case_unlock_clears_locks_and_counts_lockouts(b: &dyn Backend) {
         vault_mfa: 1,
         user_totp: 1,
     };
-    assert_eq!(s.lockouts(), both);
+    assert_eq!(s.lockouts_begun(), both);
     // Nothing to clear is not an error.
     let cleared = s.unlock_user("user-1").await.unwrap().expect("a device");
     assert_eq!((cleared.failures, cleared.locked_until), (0, None));
     close(&s).await;
 }
 
-async fn case_wrong_key_refused(b: &dyn Backend) {
-    let s = open(b);
+async fn case_wrong_key_refused<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     // Sealed data of both kinds, so the reopen below also shows the key still opens it.
     let m = method(Some("sealed"), 1000);
     let mfa_secret = enrolled(&s, &m, "entity-1").await;
@@ -2597,17 +2838,17 @@ async fn case_wrong_key_refused(b: &dyn Backend) {
     close(&s).await;
     drop(s);
 
-    match try_open(b, KEY + 1) {
+    match try_open_core(b, KEY + 1) {
         Err(StoreError::WrongKey) => {}
         Err(e) => panic!("expected WrongKey, got {e:?}"),
         Ok(other) => {
-            tokio::task::block_in_place(|| other.close());
+            tokio::task::block_in_place(|| other.close_store());
             panic!("a database created with one key opened with another");
         }
     }
 
     // The refused open left the database usable with its own key, data intact.
-    let s = open(b);
+    let s = open_core(b);
     assert_eq!(s.get_method(&m.id).await.unwrap(), Some(m.clone()));
     assert_eq!(
         s.get_agent_secret("alice", &info.id).await.unwrap(),
@@ -2650,15 +2891,15 @@ async fn case_closed_store_refuses<B: CoreBackend + ?Sized>(b: &B) {
     close(&s).await;
 }
 
-async fn case_closed_store_refuses_mfa_writes(b: &dyn Backend) {
-    let s = open(b);
+async fn case_closed_store_refuses_mfa_writes<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
     close(&s).await;
     assert_err!(
         s.create_method(&method(Some("late"), 5)).await,
         StoreError::Closed
     );
     drop(s);
-    let s = open(b);
+    let s = open_core(b);
     assert_eq!(s.list_methods().await.unwrap(), Vec::<MethodRecord>::new());
     close(&s).await;
 }
@@ -3472,6 +3713,115 @@ async fn pg_two_stores_on_one_database_share_every_write(b: &PgBackend) {
     close(&other).await;
 }
 
+/// Two daemons on one database, the exactly-once rules split between them: of 32
+/// checks of one right code exactly one is accepted; 64 wrong codes on a method with
+/// `max_validation_attempts` 5 are 5 refusals as invalid and 59 as locked (the one lock
+/// counted by the daemon whose call began it); of 16 logins of one user with one code
+/// and of 16 with one recovery code, one each logs in.
+async fn pg_two_stores_one_code_once_every_failure_counted_one_login(b: &PgBackend) {
+    let mut opts = b.options();
+    opts.pool_size = 8;
+    let a = pg_open_with(b, &opts);
+    let other = pg_open_with(b, &opts);
+    let pick = |i: usize| Arc::clone(if i % 2 == 0 { &a } else { &other });
+
+    let m = method(Some("two-daemons"), 5);
+    a.create_method(&m).await.unwrap();
+    let secret = match other.create_mfa_secret(&m.id, "right", NOW).await.unwrap() {
+        Enrollment::Created { secret, .. } => secret,
+        e => panic!("expected Created, got {e:?}"),
+    };
+    let wrong_secret = match a.create_mfa_secret(&m.id, "wrong", NOW).await.unwrap() {
+        Enrollment::Created { secret, .. } => secret,
+        e => panic!("expected Created, got {e:?}"),
+    };
+    let split = |entity: &'static str, code: String, n: usize| {
+        let barrier = Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (s, barrier, id, code) =
+                    (pick(i), Arc::clone(&barrier), m.id.clone(), code.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    s.check_and_record_mfa_code(&id, entity, &code, NOW).await
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            let mut out = Vec::with_capacity(n);
+            for t in tasks {
+                out.push(t.await.expect("check task panicked"));
+            }
+            Tally::of(out)
+        }
+    };
+
+    let t = split("right", code_at(&secret, &m.params, NOW), 32).await;
+    assert!(t.errors.is_empty(), "{t:?}");
+    assert_eq!(
+        t.accepted, 1,
+        "one right code, two daemons, one acceptance: {t:?}"
+    );
+    assert_eq!(t.replay + t.locked, 31, "{t:?}");
+
+    let t = split("wrong", wrong_code(&wrong_secret, &m.params, 0, NOW), 64).await;
+    assert!(t.errors.is_empty(), "{t:?}");
+    assert_eq!(
+        (t.invalid, t.locked),
+        (5, 59),
+        "no failure lost between daemons: {t:?}"
+    );
+    // Two locks began: "right" after the winner and five replays, "wrong" after five
+    // failures; each counted once, by the daemon whose call began it.
+    let locks = |s: &Arc<PgStore>| s.lockouts();
+    assert_eq!(locks(&a).vault_mfa + locks(&other).vault_mfa, 2);
+
+    // Logins: one code, 16 temp_tokens, split between the daemons.
+    let device = device_secret(1);
+    let (codes, hashes) = recovery_codes(1);
+    active_user(&a, "user-1", &device, &hashes).await;
+    let temps = temp_tokens(&other, "user-1", 32).await;
+    let code = step_code(&device, 1);
+    let results = race(16, |i| {
+        let (s, (temp, login), code) = (pick(i), temps[i].clone(), code.clone());
+        async move {
+            let proof = Proof::Login {
+                temp_hash: &temp,
+                login: &login,
+            };
+            s.check_user_code(proof, &code, NOW).await
+        }
+    })
+    .await;
+    let winner = one_winner(&results);
+    let stored = other.get_token(&temps[winner].1.hash, NOW).await.unwrap();
+    assert_eq!(stored.map(|t| t.entity_id), Some("user-1".to_string()));
+
+    // The losers locked the user; once the lock has passed, one recovery code, 16
+    // temp_tokens, split between the daemons: one login.
+    let later = NOW + 2 * PERIOD;
+    let selector = codes[0].selector.clone();
+    let results = race(16, |i| {
+        let (s, (temp, login), selector) = (pick(i), temps[16 + i].clone(), selector.clone());
+        async move {
+            let proof = Proof::Login {
+                temp_hash: &temp,
+                login: &login,
+            };
+            s.spend_recovery_code(proof, &selector, true, later).await
+        }
+    })
+    .await;
+    let winner = 16 + one_winner(&results);
+    let stored = a.get_token(&temps[winner].1.hash, NOW).await.unwrap();
+    assert_eq!(stored.map(|t| t.entity_id), Some("user-1".to_string()));
+    assert_eq!(a.count_recovery_codes("user-1").await.unwrap(), 0);
+    // Each race locked the user once (after its winner, five replays).
+    assert_eq!(locks(&a).user_totp + locks(&other).user_totp, 2);
+    close(&a).await;
+    close(&other).await;
+}
+
 /// Daemons starting together on a new database: the advisory lock lets one migrate and
 /// write the key check; the others wait, then find the schema current and check their
 /// key against it, so those with another key are refused.
@@ -3641,20 +3991,26 @@ async fn pg_dropped_connections_are_replaced(b: &PgBackend) {
     }
     let dropped = tokio::task::block_in_place(|| b.db.drop_connections());
     assert!(dropped >= 1, "the store's connections were dropped");
-    let mut ok = 0;
-    for _ in 0..20 {
+    // Each dead connection may fail one call before the pool drops it (the server's
+    // hang-up can reach a connection after its recycle check): at most a few failures,
+    // then every call works again without a restart.
+    let (mut failed, mut streak) = (0, 0);
+    for _ in 0..40 {
         match s.get_policy("before").await {
             Ok(doc) => {
                 assert_eq!(doc, Some("{}".to_string()));
-                ok += 1;
+                streak += 1;
             }
-            Err(StoreError::Unavailable) => {}
+            Err(StoreError::Unavailable) => {
+                failed += 1;
+                streak = 0;
+            }
             Err(e) => panic!("expected a result or Unavailable, got {e:?}"),
         }
     }
     assert!(
-        ok >= 16,
-        "the pool recovered by itself ({ok} of 20 reads worked)"
+        failed <= 2 * opts.pool_size && streak >= 20,
+        "the pool recovered by itself ({failed} calls failed; the last {streak} worked)"
     );
     s.put_policy("after", "{}", NOW).await.unwrap();
     assert_eq!(s.list_policies().await.unwrap(), vec!["after", "before"]);

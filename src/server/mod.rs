@@ -22,8 +22,9 @@ use tower::ServiceExt;
 use crate::api::{self, AppState};
 use crate::auth::{self, Peer};
 use crate::config::ServeConfig;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{Store, StoreError};
+use crate::store::{Sealer, Store, StoreError};
 use http::App;
 use listen::Listener;
 
@@ -53,38 +54,13 @@ pub async fn daemon(
     // Checked before anything is created: a bad mount is a configuration error.
     let mounts = api::nitride::Mounts::new(&cfg.mounts).map_err(ServerError::Config)?;
     prepare_dirs(&cfg)?;
-    let mut opts = SqliteOptions::new(&cfg.db);
-    opts.readers = cfg.readers.unwrap_or(opts.readers);
-    opts.read_queue = cfg.read_queue.unwrap_or(opts.read_queue);
-    opts.rotate_batch = cfg.rotate_batch.unwrap_or(opts.rotate_batch);
-    opts.rotate_pause = cfg.rotate_pause.unwrap_or(opts.rotate_pause);
-    let keys = cfg.key_source();
-    // Named in the error: under systemd the key is the credential, not the file.
-    let key_origin = keys.origin();
-    let (opened, key) = tokio::task::spawn_blocking(move || SqliteStore::open_with_keys(&opts, &keys))
-        .await
-        .map_err(|e| ServerError::Io(e.to_string()))?
-        .map_err(|e| match e {
-            StoreError::WrongKey => ServerError::Config(format!(
-                "the key in {} does not open database {}: it is not the key this database was created with",
-                key_origin.display(),
-                cfg.db.display()
-            )),
-            StoreError::MissingKey(id) => ServerError::Config(format!(
-                "database {} holds values sealed with key id {id}, which the key ring in {} does not hold: \
-                 put key {id} back in the ring (a key may leave the ring only once `totpd key rotate` says no value uses it)",
-                cfg.db.display(),
-                key_origin.display()
-            )),
-            other => ServerError::Store(other),
-        })?;
-    if key.created {
-        tracing::info!(path = %key.path.display(), "created a new sealing key");
-    }
-    let store: Arc<dyn Store> = opened.store;
+    let (store, created) = match &cfg.postgres {
+        Some(url) => open_postgres(&cfg, url).await?,
+        None => open_sqlite(&cfg).await?,
+    };
 
     let result = async {
-        if cfg.dev && opened.created {
+        if cfg.dev && created {
             create_root_token(&cfg, store.as_ref()).await?;
         }
         // The audit file opens before anything listens: a wrong path stops the start.
@@ -119,6 +95,77 @@ pub async fn daemon(
     let _ = tokio::task::spawn_blocking(move || s.close()).await;
     tracing::info!("database closed");
     result
+}
+
+/// The SQLite store at `cfg.db`, with the key ring (made on first start if there is none).
+/// Returns it and whether the database was new.
+async fn open_sqlite(cfg: &ServeConfig) -> Result<(Arc<dyn Store>, bool), ServerError> {
+    let mut opts = SqliteOptions::new(&cfg.db);
+    opts.readers = cfg.readers.unwrap_or(opts.readers);
+    opts.read_queue = cfg.read_queue.unwrap_or(opts.read_queue);
+    opts.rotate_batch = cfg.rotate_batch.unwrap_or(opts.rotate_batch);
+    opts.rotate_pause = cfg.rotate_pause.unwrap_or(opts.rotate_pause);
+    let keys = cfg.key_source();
+    // Named in the error: under systemd the key is the credential, not the file.
+    let key_origin = keys.origin();
+    let (opened, key) =
+        tokio::task::spawn_blocking(move || SqliteStore::open_with_keys(&opts, &keys))
+            .await
+            .map_err(|e| ServerError::Io(e.to_string()))?
+            .map_err(|e| key_error(e, &key_origin, &cfg.db.display().to_string()))?;
+    if key.created {
+        tracing::info!(path = %key.path.display(), "created a new sealing key");
+    }
+    Ok((opened.store, opened.created))
+}
+
+/// The PostgreSQL store at `url`, shared with any other daemon on the same database.
+/// Every daemon must load the same key ring, so none is made here (except with `--dev`,
+/// for one daemon on a scratch database).
+async fn open_postgres(
+    cfg: &ServeConfig,
+    url: &str,
+) -> Result<(Arc<dyn Store>, bool), ServerError> {
+    let shown = crate::config::redact_url(url);
+    let keys = cfg.key_source();
+    if !keys.exists() && !cfg.dev {
+        return Err(ServerError::Config(format!(
+            "with PostgreSQL ({shown}) every daemon must load the same key ring, and there is \
+             none at {}: make one with `totpd key generate`, give the same file to every daemon \
+             (--key-file, or the systemd credential totpd.key)",
+            keys.origin().display()
+        )));
+    }
+    let key_origin = keys.origin();
+    let loaded = tokio::task::spawn_blocking(move || keys.load_or_create())
+        .await
+        .map_err(|e| ServerError::Io(e.to_string()))?
+        .map_err(|e| ServerError::Store(e.into()))?;
+    if loaded.created {
+        tracing::info!(path = %loaded.path.display(), "created a new sealing key");
+    }
+    let opts = PgOptions::new(url).map_err(ServerError::Store)?;
+    let opened = PgStore::open(&opts, Sealer::from_ring(&loaded.ring))
+        .await
+        .map_err(|e| key_error(e, &key_origin, &shown))?;
+    tracing::info!(database = %shown, "store: PostgreSQL");
+    Ok((opened.store, opened.created))
+}
+
+/// A key that does not fit the database, in words an operator can act on.
+fn key_error(e: StoreError, key_origin: &std::path::Path, database: &str) -> ServerError {
+    match e {
+        StoreError::WrongKey => ServerError::Config(format!(
+            "the key in {} does not open database {database}: it is not the key this database was created with",
+            key_origin.display(),
+        )),
+        StoreError::MissingKey(id) => ServerError::Config(format!(
+            "database {database} holds values sealed with key id {id}, which the key ring in {} does not hold: \
+             put key {id} back in the ring (a key may leave the ring only once `totpd key rotate` says no value uses it)",
+            key_origin.display()
+        )),
+        other => ServerError::Store(other),
+    }
 }
 
 /// The listeners systemd passed, else the configured Unix socket; plus TCP if asked.

@@ -55,6 +55,11 @@ pub enum StoreError {
     /// Anything else the backend reports.
     #[error("database: {0}")]
     Backend(String),
+    /// This backend does not do this operation; the message says what to use instead
+    /// (nothing was done). A handler that can meet it answers 400 with the message
+    /// (`GET /v1/sys/backup` on PostgreSQL).
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// The kinds of stored things an operation can miss.
@@ -653,6 +658,15 @@ pub trait KeyStore {
     /// concurrent verification records is never lost. A crash at any point leaves every
     /// value sealed under either its old key or the current one.
     async fn start_key_rotation(&self) -> Result<KeyStatus, StoreError>;
+    /// At start, when values are sealed under an old key id: resumes re-sealing
+    /// ([`KeyStore::start_key_rotation`]) and returns the status, or returns `None` and
+    /// leaves it to the operator. By default it resumes: a store one daemon owns has one
+    /// key ring, the one just loaded. A store several daemons share resumes only a
+    /// rotation an operator started and a crash cut short, since a ring with a new
+    /// current key may not have reached the other daemons yet.
+    async fn resume_key_rotation(&self) -> Result<Option<KeyStatus>, StoreError> {
+        self.start_key_rotation().await.map(Some)
+    }
     /// Sealed values per key id as last counted (at open, by `key_status`, and by a
     /// rotation as it goes): cheap, for metrics.
     fn sealed_counts(&self) -> std::collections::BTreeMap<u8, u64>;
@@ -815,6 +829,7 @@ pub trait TransferStore {
 }
 
 /// Every area of the store, as one handle the app holds.
+#[async_trait]
 pub trait Store:
     TokenStore
     + PolicyStore
@@ -838,6 +853,12 @@ pub trait Store:
     /// `totpd_lockouts_total`. A backend that does not count reports none.
     fn lockouts(&self) -> Lockouts {
         Lockouts::default()
+    }
+
+    /// Whether the database answers now, for health: `Unavailable` while a database
+    /// server is unreachable. A store inside the process (SQLite) always answers.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -45,9 +45,10 @@ KNOWN = [
     ),
     (
         "sys: read_health_status GET",
-        "body: keys only in totpd: audit_ok, clock_synchronized",
-        "totpd's own health facts: whether its audit log is being written, and whether "
-        "the kernel keeps the clock in sync (a TOTP code is only as right as the clock)",
+        "body: keys only in totpd: audit_ok, clock_synchronized, store_ok",
+        "totpd's own health facts: whether its audit log is being written, whether "
+        "the kernel keeps the clock in sync (a TOTP code is only as right as the clock), "
+        "and whether its database answers",
     ),
     (
         "sys: read_seal_status",

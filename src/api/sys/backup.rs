@@ -4,7 +4,9 @@
 //! handler streams it from the open file in chunks, never holding it all in memory.
 //! The CLI (`totpd backup PATH`) writes it where the operator says, since a daemon under
 //! `ProtectSystem=strict` cannot. Once the last byte is handed over, the backup's time
-//! is recorded (`sys/status` shows it) and logged.
+//! is recorded (`sys/status` shows it) and logged. A store that leaves backups to its
+//! database's own tools (PostgreSQL: `pg_dump`, `pg_basebackup`) is answered 400 with
+//! the store's message saying so.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use super::super::fields::rfc3339;
 use super::super::vault::{Caller, ListQuery, VaultError};
 use super::super::{now, AppState};
 use crate::auth::Capability;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The header carrying when the copy was taken (unix seconds).
 pub const TAKEN_HEADER: &str = "x-totpd-backup-time";
@@ -43,7 +45,12 @@ async fn backup(
     q.forbid()?;
     who.require("sys/backup", Capability::Sudo)?;
     let taken = now();
-    let copy = st.store.backup_database().await?;
+    let copy = match st.store.backup_database().await {
+        Ok(copy) => copy,
+        // PostgreSQL: its own tools make backups; the message names them.
+        Err(StoreError::Unsupported(why)) => return Err(VaultError::bad_request(why)),
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(bytes = copy.bytes, "backup copy taken; sending it");
     let body = CopyBody {
         file: tokio::fs::File::from_std(copy.file),

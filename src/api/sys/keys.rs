@@ -92,8 +92,9 @@ async fn rotate(
 
 /// At start: values sealed under a key other than the current one mean a rotation was cut
 /// short, or the ring has a new current key. They are re-sealed in the background, and
-/// the log says so. Uses the counts the store made when it opened: no query when there
-/// is nothing to do.
+/// the log says so, unless the store leaves it to the operator (a store several daemons
+/// share: see [`crate::store::KeyStore::resume_key_rotation`]). Uses the counts the store
+/// made when it opened: no query when there is nothing to do.
 pub async fn resume(store: &dyn Store) {
     let current = store.seal_key_id();
     let old: Vec<(u8, u64)> = store
@@ -104,13 +105,16 @@ pub async fn resume(store: &dyn Store) {
     if old.is_empty() {
         return;
     }
-    tracing::info!(
-        old_key_ids = ?old.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-        old_rows = old.iter().map(|(_, n)| n).sum::<u64>(),
-        key_id = current,
-        "values are sealed under old key ids: resuming the key rotation in the background"
-    );
-    if let Err(e) = store.start_key_rotation().await {
-        tracing::error!(error = %e, "cannot resume the key rotation");
+    // The store decides: one shared by several daemons resumes only a rotation an
+    // operator started (and says why not otherwise).
+    match store.resume_key_rotation().await {
+        Ok(Some(_)) => tracing::info!(
+            old_key_ids = ?old.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            old_rows = old.iter().map(|(_, n)| n).sum::<u64>(),
+            key_id = current,
+            "values are sealed under old key ids: resuming the key rotation in the background"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot resume the key rotation"),
     }
 }

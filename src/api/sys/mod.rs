@@ -67,7 +67,15 @@ fn routes() -> Router<AppState> {
 type Res = Result<Response, VaultError>;
 
 async fn health(State(st): State<AppState>) -> Response {
-    axum::Json(json!({
+    // A daemon whose database server is unreachable is not healthy: 503, as Vault
+    // answers when it cannot serve, so monitoring and load balancers see it.
+    let store_ok = st.store.ping().await.is_ok();
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = axum::Json(json!({
         "initialized": true,
         "sealed": false,
         "standby": false,
@@ -77,8 +85,10 @@ async fn health(State(st): State<AppState>) -> Response {
         "clock_synchronized": crate::clock::synchronized(),
         // False while the audit file cannot be written (see --audit-fail).
         "audit_ok": st.audit.healthy(),
-    }))
-    .into_response()
+        // False while the database (PostgreSQL) cannot be reached.
+        "store_ok": store_ok,
+    }));
+    (status, body).into_response()
 }
 
 /// As Vault answers it, without a token: totpd is initialized when it runs.

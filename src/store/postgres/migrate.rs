@@ -16,10 +16,16 @@ pub(super) const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0\0\0totpd");
 
 /// The migrations in order: (version, SQL). Add a file and a line here; never edit a
 /// file that has shipped.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_user_device_order.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i32 {

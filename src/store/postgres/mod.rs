@@ -36,13 +36,29 @@
 //! times, steps and TTLs, `INTEGER` (read as `i32`) for small counts and code
 //! parameters; flags are `BOOLEAN`, sealed values `BYTEA`.
 //!
-//! Implemented so far: [`TokenStore`], [`PolicyStore`] and [`PolicyTokenStore`]; the
-//! other areas ([`crate::store::MfaStore`] and the rest) are still to come, so a
+//! Implemented so far: [`TokenStore`], [`PolicyStore`], [`PolicyTokenStore`],
+//! [`crate::store::MfaStore`], [`crate::store::AgentStore`] and
+//! [`crate::store::UserTotpStore`] (`mfa.rs`, `agent.rs`, `user_totp.rs`: a code's
+//! check-and-record locks its `otp_secrets` row; every write about a login-step user
+//! takes that user's `user_locks` row first); the other areas are still to come, so a
 //! `PgStore` is not yet a [`crate::store::Store`].
+//!
+//! The operations areas: [`crate::store::OpsStore`] (`ops.rs`: counts and size;
+//! backups are PostgreSQL's own tools, `pg_dump` and `pg_basebackup`),
+//! [`crate::store::KeyStore`] (`rotate.rs`: one rotation at a time across every daemon,
+//! under an advisory lock, started by the operator once every daemon has the new key)
+//! and [`crate::store::TransferStore`] (`transfer.rs`: export in one snapshot, import in
+//! one transaction).
 
+mod agent;
+mod mfa;
 mod migrate;
+mod ops;
 mod policy_tokens;
+mod rotate;
 mod tls;
+mod transfer;
+mod user_totp;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -167,13 +183,28 @@ impl PgOptions {
 }
 
 /// An open PostgreSQL store: a pool of connections and the sealing keys. Implements
-/// [`TokenStore`], [`PolicyStore`] and [`PolicyTokenStore`].
+/// [`TokenStore`], [`PolicyStore`], [`PolicyTokenStore`], [`crate::store::MfaStore`],
+/// [`crate::store::AgentStore`] and [`crate::store::UserTotpStore`].
 pub struct PgStore {
     pool: Pool,
     sealer: Sealer,
     deadline: Duration,
-    /// Sealed values per key id, as counted at open (for the key status and metrics).
-    sealed: Mutex<BTreeMap<u8, u64>>,
+    /// Sealed values per key id, as counted at open, by the key status and by a key
+    /// rotation as it goes (for the key status and metrics).
+    sealed: Arc<Mutex<BTreeMap<u8, u64>>>,
+    /// The database's size as last read ([`ops`]).
+    size: ops::SizeCache,
+    /// This daemon's key rotation ([`rotate`]).
+    rotation: rotate::Rotation,
+    /// Locks begun by this store's calls, counted once committed ([`PgStore::lockouts`]).
+    lockouts: LockCounts,
+}
+
+/// Locks begun since the store was opened, by area.
+#[derive(Default)]
+struct LockCounts {
+    vault_mfa: std::sync::atomic::AtomicU64,
+    user_totp: std::sync::atomic::AtomicU64,
 }
 
 /// The result of opening: the store, and whether the database was created just now.
@@ -212,10 +243,14 @@ impl PgStore {
             pool,
             sealer,
             deadline: opts.deadline(),
-            sealed: Mutex::default(),
+            sealed: Arc::default(),
+            lockouts: LockCounts::default(),
+            size: ops::SizeCache::default(),
+            rotation: rotate::Rotation::default(),
         };
         let (created, sealed) = store.prepare().await?;
         *store.sealed.lock().unwrap_or_else(|p| p.into_inner()) = sealed;
+        store.refresh_database_bytes().await;
         Ok(Opened {
             store: Arc::new(store),
             created,
@@ -255,7 +290,8 @@ impl PgStore {
         self.query("SELECT 1", &[]).await.map(|_| ())
     }
 
-    /// Sealed values per key id, as counted when the store was opened.
+    /// Sealed values per key id, as last counted (at open, by the key status, by a
+    /// rotation as it goes).
     pub fn sealed_counts(&self) -> BTreeMap<u8, u64> {
         self.sealed.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -263,6 +299,17 @@ impl PgStore {
     /// The sealing keys (for the areas that seal values).
     pub fn sealer(&self) -> &Sealer {
         &self.sealer
+    }
+
+    /// Locks begun by this store's calls since it was opened (for `Store::lockouts`):
+    /// each daemon counts the locks its own calls began, so the sum over the daemons
+    /// is the total.
+    pub fn lockouts(&self) -> super::Lockouts {
+        use std::sync::atomic::Ordering::Relaxed;
+        super::Lockouts {
+            vault_mfa: self.lockouts.vault_mfa.load(Relaxed),
+            user_totp: self.lockouts.user_totp.load(Relaxed),
+        }
     }
 
     /// A connection from the pool: `Closed` after [`PgStore::close`], `Unavailable`
@@ -708,6 +755,21 @@ impl PolicyStore for PgStore {
             .query("SELECT name FROM policies ORDER BY name", &[])
             .await?;
         rows.iter().map(|r| col(r, 0)).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        PgStore::ping(self).await
+    }
+
+    fn close(&self) {
+        PgStore::close(self);
+    }
+
+    fn lockouts(&self) -> super::Lockouts {
+        PgStore::lockouts(self)
     }
 }
 

@@ -246,3 +246,146 @@ async fn a_revoke_or_a_policy_change_on_one_daemon_holds_on_the_other_at_once() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// PostgreSQL goes away under load and comes back (through a proxy the test stops and
+/// starts): no request got a 2xx whose write is missing afterwards, requests during the
+/// outage got 503 (and health said so), both daemons recover without a restart, and a
+/// code accepted before the outage is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_under_load_loses_no_acknowledged_write_and_the_daemons_recover() {
+    let Some(db) = pg::TestDb::create() else {
+        return;
+    };
+    let proxy = pg::PgProxy::start(&db.url).await;
+    let url = proxy.url(&db.url);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("totpd.key");
+    let made = std::process::Command::new(common::BIN)
+        .args(["key", "generate"])
+        .output()
+        .unwrap();
+    std::fs::write(&key, &made.stdout).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let args = [
+        "--database",
+        url.as_str(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    let a = Arc::new(Daemon::start_with(&args, false));
+    let b = Arc::new(Daemon::start_with(&args, false));
+
+    // Before: a code accepted on A.
+    let r = a
+        .req("POST", MFA, Some(json!({"issuer": "Acme"})), None)
+        .await;
+    let method = r.json["data"]["method_id"].as_str().unwrap().to_string();
+    let r = a
+        .req(
+            "POST",
+            &format!("{MFA}/admin-generate"),
+            Some(json!({"method_id": method, "entity_id": "alice"})),
+            None,
+        )
+        .await;
+    let secret = parse_otp_url(r.json["data"]["url"].as_str().unwrap()).secret;
+    common::fresh_step(30, 8).await;
+    let code = reference_totp(&secret, "SHA1", 6, 30, unix_now());
+    let validate = |d: Arc<Daemon>| {
+        let (method, code) = (method.clone(), code.clone());
+        async move {
+            d.req(
+                "POST",
+                &format!("{MFA}/validate"),
+                Some(json!({"method_id": method, "entity_id": "alice", "passcode": code})),
+                None,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(validate(a.clone()).await, 200);
+
+    // Load: agent secrets created on both daemons, each answer kept.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let d = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let r = d
+                    .req(
+                        "POST",
+                        "/api/v2/totp/secrets",
+                        Some(json!({"secret": common::seed(20), "label": format!("l{i}-{n}")})),
+                        None,
+                    )
+                    .await;
+                let id = r.json["totp_secret"]["id"].as_str().map(str::to_string);
+                seen.push((r.status, id));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = b.req("GET", "/v1/sys/health", None, None).await;
+    assert_eq!(
+        (r.status, &r.json["store_ok"]),
+        (503, &json!(false)),
+        "{}",
+        r.text
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    proxy.restart().await;
+    // Both recover by themselves.
+    for d in [&a, &b] {
+        let since = Instant::now();
+        while d.req("GET", "/v1/sys/health", None, None).await.status != 200 {
+            assert!(since.elapsed() < Duration::from_secs(20), "no recovery");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut created = Vec::new();
+    let mut statuses = Vec::new();
+    for t in load {
+        for (status, id) in t.await.unwrap() {
+            statuses.push(status);
+            if status == 201 {
+                created.push(id.expect("a 201 names its secret"));
+            }
+        }
+    }
+    let tally = common::tally(&statuses);
+    assert!(
+        tally.keys().all(|s| *s == 201 || *s == 503),
+        "only 201 or 503: {tally:?}"
+    );
+    assert!(tally.get(&503).is_some_and(|n| *n > 0), "{tally:?}");
+    assert!(tally.get(&201).is_some_and(|n| *n > 0), "{tally:?}");
+    // Every acknowledged create is there, seen from either daemon.
+    for d in [&a, &b] {
+        let r = d.req("GET", "/api/v2/totp/secrets", None, None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let listed: std::collections::HashSet<String> = r.json["totp_secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        for id in &created {
+            assert!(listed.contains(id), "acknowledged {id} is missing");
+        }
+    }
+    // The code accepted before the outage is still spent, on either daemon.
+    assert_eq!(validate(a.clone()).await, 403);
+    assert_eq!(validate(b.clone()).await, 403);
+}

@@ -146,3 +146,115 @@ where
     .join()
     .expect("the PostgreSQL admin thread panicked")
 }
+
+/// A TCP proxy to the cluster's Unix socket that a test can stop (refusing new
+/// connections and cutting those open, as a database that went down), stall (holding
+/// connections open and passing nothing, as a network that drops packets), and start
+/// again on the same port.
+pub struct PgProxy {
+    pub addr: std::net::SocketAddr,
+    socket: std::path::PathBuf,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl PgProxy {
+    pub async fn start(url: &str) -> PgProxy {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let dir = cfg
+            .get_hosts()
+            .iter()
+            .find_map(|h| match h {
+                tokio_postgres::config::Host::Unix(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("TOTPD_TEST_POSTGRES names a Unix socket directory");
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = PgProxy {
+            addr: listener.local_addr().unwrap(),
+            socket: dir.join(format!(".s.PGSQL.{port}")),
+            stalled: std::sync::Arc::default(),
+            tasks: std::sync::Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `url`'s user and database, through the proxy.
+    pub fn url(&self, url: &str) -> String {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        format!(
+            "postgresql://{}@{}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            self.addr,
+            cfg.get_dbname().unwrap()
+        )
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (socket, stalled, tasks) = (
+            self.socket.clone(),
+            std::sync::Arc::clone(&self.stalled),
+            std::sync::Arc::clone(&self.tasks),
+        );
+        let accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else {
+                    continue;
+                };
+                let (tr, tw) = tcp.into_split();
+                let (ur, uw) = unix.into_split();
+                let mut t = tasks.lock().unwrap();
+                t.push(tokio::spawn(pump(tr, uw, std::sync::Arc::clone(&stalled))));
+                t.push(tokio::spawn(pump(ur, tw, std::sync::Arc::clone(&stalled))));
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Down: the port refuses connections and every open one is cut.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Up again, on the same port.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies bytes from `from` to `to`, holding them while the proxy is stalled.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -105,6 +105,12 @@ enum Command {
     /// the sealed values use.
     #[command(subcommand)]
     Key(cli::keys::KeyCmd),
+    /// Copy a stopped daemon's SQLite database (--from sqlite:PATH) whole into an empty
+    /// PostgreSQL database (--to postgres://...), in one transaction, then verify it: rows
+    /// per table, every row read back, and every secret's code on both sides. Sealed
+    /// values move as they are: the PostgreSQL daemons load the same key ring. Exit 1 on
+    /// any difference.
+    Migrate(cli::migrate::MigrateArgs),
     /// Send one raw request to the daemon over the socket and print the answer body,
     /// like curl --unix-socket. Example: totpd api GET /v1/sys/health
     Api {
@@ -231,6 +237,7 @@ fn main() -> ExitCode {
             run_client(async move { cli::keys::generate(ring, id) })
         }
         Command::Key(cmd) => run_client(cli::keys::key(client(), cmd, quiet)),
+        Command::Migrate(args) => run_client(cli::migrate::migrate(args, quiet)),
         Command::Mfa(cmd) => run_client(cli::unlock::mfa(client(), cmd, quiet)),
         Command::User(cmd) => run_client(cli::unlock::user(client(), cmd, quiet)),
     }

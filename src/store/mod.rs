@@ -828,6 +828,245 @@ pub trait TransferStore {
     async fn import_secrets(&self, t: &Transfer, now: i64) -> Result<ImportReport, StoreError>;
 }
 
+/// `meta` rows a migration never moves: the key check, which each store makes for itself
+/// when it is opened with the key ring (see [`MigrateStore`]).
+pub const META_KEY_CHECK: &str = "key_check";
+
+/// The associated data binding a sealed TOTP secret to its `otp_secrets` row, on every
+/// backend: a sealed value opens only in the row whose id it names.
+pub fn otp_secret_aad(id: &str) -> String {
+    format!("totpd/v1/otp_secrets/{id}")
+}
+
+/// A `meta` row (daemon-wide facts such as `last_backup`), its value as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRow {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// A stored ACL policy: its document as written (HCL or JSON text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub name: String,
+    pub document: String,
+    pub updated_at: i64,
+}
+
+/// An `otp_secrets` row as stored: still sealed, with its verification state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecretRow {
+    pub id: String,
+    /// Key id, nonce and ciphertext, bound to `id` (see [`otp_secret_aad`]).
+    pub sealed: Vec<u8>,
+    pub params: Params,
+    pub last_step: Option<i64>,
+    pub failures: i64,
+    pub locked_until: Option<i64>,
+    pub last_attempt: Option<i64>,
+    pub created_at: i64,
+}
+
+impl SealedSecretRow {
+    /// The secret, opened with `sealer` (`WrongKey` if it does not open, `MissingKey`
+    /// if its key id is not in the ring).
+    pub fn open(&self, sealer: &Sealer) -> Result<Vec<u8>, StoreError> {
+        sealer
+            .open(&otp_secret_aad(&self.id), &self.sealed)
+            .map_err(|e| match e {
+                seal::SealError::MissingKey(id) => StoreError::MissingKey(id),
+                _ => StoreError::WrongKey,
+            })
+    }
+
+    /// The code the secret gives at unix time `t`.
+    pub fn code_at(&self, sealer: &Sealer, t: i64) -> Result<String, StoreError> {
+        Ok(otp::code_at(&self.open(sealer)?, &self.params, t))
+    }
+
+    /// The id of the key it is sealed with.
+    pub fn key_id(&self) -> Option<u8> {
+        Sealer::key_id(&self.sealed)
+    }
+}
+
+impl std::fmt::Debug for SealedSecretRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecretRow")
+            .field("id", &self.id)
+            .field("key_id", &self.key_id())
+            .field("params", &self.params)
+            .field("last_step", &self.last_step)
+            .field("failures", &self.failures)
+            .field("locked_until", &self.locked_until)
+            .field("last_attempt", &self.last_attempt)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An `mfa_secrets` row: which entity holds which secret for which method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaSecretRow {
+    pub method_id: String,
+    pub entity_id: String,
+    pub secret_id: String,
+    pub created_at: i64,
+}
+
+/// An `agent_secrets` row (its seed is the `otp_secrets` row of the same id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSecretRow {
+    pub id: String,
+    pub entity_id: String,
+    pub label: String,
+    pub issuer: Option<String>,
+    pub created_at: i64,
+}
+
+/// A `user_devices` row: a login-step user's device, pending or active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDeviceRow {
+    pub entity_id: String,
+    pub name: String,
+    pub secret_id: String,
+    pub active: bool,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// A `user_locks` row: a login-step user's one failure count and lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLockRow {
+    pub entity_id: String,
+    pub failures: i64,
+    pub locked_until: Option<i64>,
+}
+
+/// A `recovery_codes` row, spent or not (its secret part an argon2id hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryCodeRow {
+    pub entity_id: String,
+    pub selector: String,
+    pub hash: String,
+    pub created_at: i64,
+    pub spent_at: Option<i64>,
+}
+
+/// A `temp_tokens` row (the hash of a login's single-use temp_token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempTokenRow {
+    pub hash: String,
+    pub entity_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// Every row of a store, whatever its backend, as [`MigrateStore`] moves it: each table
+/// in its primary key's order (byte order), except `user_devices`, in the order the
+/// devices were made (a user's devices are listed and checked in that order). Sealed
+/// values stay sealed. `meta` holds every row but the key check ([`META_KEY_CHECK`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreDump {
+    pub meta: Vec<MetaRow>,
+    pub policies: Vec<PolicyRow>,
+    pub tokens: Vec<TokenRecord>,
+    pub policy_tokens: Vec<PolicyTokenRecord>,
+    pub otp_secrets: Vec<SealedSecretRow>,
+    pub mfa_methods: Vec<MethodRecord>,
+    pub mfa_secrets: Vec<MfaSecretRow>,
+    pub agent_secrets: Vec<AgentSecretRow>,
+    pub user_devices: Vec<UserDeviceRow>,
+    pub user_locks: Vec<UserLockRow>,
+    pub recovery_codes: Vec<RecoveryCodeRow>,
+    pub temp_tokens: Vec<TempTokenRow>,
+}
+
+impl StoreDump {
+    /// Rows per table, sorted by table name (as [`OpsStore::count_rows`] lists them;
+    /// `meta` without the key check).
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        let n = |v: usize| v as u64;
+        vec![
+            ("agent_secrets", n(self.agent_secrets.len())),
+            ("meta", n(self.meta.len())),
+            ("mfa_methods", n(self.mfa_methods.len())),
+            ("mfa_secrets", n(self.mfa_secrets.len())),
+            ("otp_secrets", n(self.otp_secrets.len())),
+            ("policies", n(self.policies.len())),
+            ("policy_tokens", n(self.policy_tokens.len())),
+            ("recovery_codes", n(self.recovery_codes.len())),
+            ("temp_tokens", n(self.temp_tokens.len())),
+            ("tokens", n(self.tokens.len())),
+            ("user_devices", n(self.user_devices.len())),
+            ("user_locks", n(self.user_locks.len())),
+        ]
+    }
+
+    /// Every row, all tables together.
+    pub fn rows(&self) -> u64 {
+        self.counts().iter().map(|(_, n)| n).sum()
+    }
+
+    /// The tables whose rows differ between `self` and `other` (in count or in any
+    /// value), sorted by name.
+    pub fn differing_tables(&self, other: &StoreDump) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check("agent_secrets", self.agent_secrets == other.agent_secrets);
+        check("meta", self.meta == other.meta);
+        check("mfa_methods", self.mfa_methods == other.mfa_methods);
+        check("mfa_secrets", self.mfa_secrets == other.mfa_secrets);
+        check("otp_secrets", self.otp_secrets == other.otp_secrets);
+        check("policies", self.policies == other.policies);
+        check("policy_tokens", self.policy_tokens == other.policy_tokens);
+        check(
+            "recovery_codes",
+            self.recovery_codes == other.recovery_codes,
+        );
+        check("temp_tokens", self.temp_tokens == other.temp_tokens);
+        check("tokens", self.tokens == other.tokens);
+        check("user_devices", self.user_devices == other.user_devices);
+        check("user_locks", self.user_locks == other.user_locks);
+        out
+    }
+}
+
+/// Moving a whole store to another backend (`totpd migrate`): every row of every table,
+/// sealed values as they are, so the target opens with the same key ring. Not part of
+/// [`Store`]: a daemon never calls it; the command opens both stores itself.
+#[async_trait]
+pub trait MigrateStore {
+    /// Every row of the store ([`StoreDump`]), in one consistent read.
+    async fn dump_all(&self) -> Result<StoreDump, StoreError>;
+    /// Inserts `d` into this store, which must hold no row (but its own key check):
+    /// every row in one transaction, committed whole or not at all, while no other
+    /// call writes. A store holding rows is refused with `Setup`, saying which tables
+    /// hold how many, and nothing is written. Sealed values are stored as they are: the
+    /// caller checks first that this store's key ring opens them.
+    async fn load_all(&self, d: &StoreDump) -> Result<(), StoreError>;
+}
+
+/// The refusal of [`MigrateStore::load_all`] on a store holding rows: `held` lists the
+/// tables that hold some, with how many.
+pub fn not_empty(held: &[(String, u64)]) -> StoreError {
+    let list = held
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    StoreError::Setup(format!(
+        "the target database is not empty (rows in {list}); a migration goes only into an \
+         empty database, and nothing was written"
+    ))
+}
+
 /// Every area of the store, as one handle the app holds.
 #[async_trait]
 pub trait Store:

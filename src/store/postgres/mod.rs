@@ -51,6 +51,7 @@
 //! one transaction).
 
 mod agent;
+mod dump;
 mod mfa;
 mod migrate;
 mod ops;

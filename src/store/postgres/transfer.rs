@@ -48,11 +48,12 @@ const PER_ENTRY: Duration = Duration::from_millis(20);
 /// An export reads everything: allowed this many times the store's deadline.
 const EXPORT_DEADLINES: u32 = 6;
 
-const METHOD_COLS: &str = "id, name, issuer, period, key_size, qr_size, algorithm, digits, skew, \
+pub(super) const METHOD_COLS: &str =
+    "id, name, issuer, period, key_size, qr_size, algorithm, digits, skew, \
                            max_validation_attempts, created_at";
 
 /// A method row (the columns of [`METHOD_COLS`]), checked.
-fn method_of(r: &Row) -> Result<MethodRecord, StoreError> {
+pub(super) fn method_of(r: &Row) -> Result<MethodRecord, StoreError> {
     let id: String = col(r, 0)?;
     let algorithm: String = col(r, 6)?;
     let n = |i: usize, what: &str| -> Result<u32, StoreError> {

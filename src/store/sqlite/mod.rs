@@ -8,6 +8,7 @@
 
 mod agent;
 mod backup;
+mod dump;
 mod export;
 mod mfa;
 mod migrate;

@@ -455,10 +455,9 @@ struct Sealed {
     aad: fn(&str) -> String,
 }
 
-/// Associated data binding a sealed TOTP secret to its row (as SQLite's).
-pub(crate) fn otp_secret_aad(id: &str) -> String {
-    format!("totpd/v1/otp_secrets/{id}")
-}
+/// Associated data binding a sealed TOTP secret to its row: the same for every backend,
+/// so a sealed value moves between them as it is.
+pub(crate) use super::otp_secret_aad;
 
 /// Every sealed column. A new one must be added here (and to a key rotation).
 const SEALED: &[Sealed] = &[

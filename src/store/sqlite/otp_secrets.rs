@@ -6,10 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::otp::{self, Outcome, Params, VerifyState, Window};
 use crate::store::{Sealer, StoreError};
 
-/// Associated data binding a sealed secret to its row.
-pub(super) fn aad(id: &str) -> String {
-    format!("totpd/v1/otp_secrets/{id}")
-}
+/// Associated data binding a sealed secret to its row (the one every backend uses).
+pub(super) use crate::store::otp_secret_aad as aad;
 
 /// Code parameters read back from a row, checked like any client's.
 pub(super) fn params_of_row(

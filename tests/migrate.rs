@@ -18,8 +18,7 @@
 //! cluster); without it they skip loudly outside CI, and fail in CI.
 
 mod common;
-#[path = "common/postgres.rs"]
-mod pg;
+use common::postgres as pg;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,7 @@
 //! loudly without it outside CI.
 
 mod common;
-#[path = "common/postgres.rs"]
-mod pg;
+use common::postgres as pg;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -10,7 +10,8 @@
 //! Without the variable, outside CI, a test says so loudly on stderr and passes; with
 //! `CI` set, it fails: CI must run these tests.
 //!
-//! Include it with `#[path = "common/postgres.rs"] mod pg;`.
+//! Tests with `mod common` reach it as `common::postgres`; the others include it alone
+//! with `#[path = "common/postgres.rs"] mod pg;`.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -115,6 +116,65 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
 pub fn admin_sql(url: &str, sql: &str) {
     let sql = sql.to_string();
     run(url, move |c| async move { c.batch_execute(&sql).await })
+}
+
+/// Every row `sql` answers on `url`, each value as PostgreSQL's text form (`None` for
+/// NULL): the simple query protocol, so any column type reads back as text.
+pub fn query_text(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    let sql = sql.to_string();
+    run(url, move |c| async move {
+        let msgs = c.simple_query(&sql).await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    })
+}
+
+/// Every stored byte of every table in `url`'s database, for grepping: `bytea` values
+/// as their raw bytes (a hex or escape rendering would hide a secret stored in clear),
+/// every other value as text. The counterpart of reading a SQLite file whole.
+pub fn table_bytes(url: &str) -> Vec<u8> {
+    run(url, move |c| async move {
+        let cols = c
+            .query(
+                "SELECT c.table_name::text, c.column_name::text, c.data_type::text
+                   FROM information_schema.columns c
+                   JOIN information_schema.tables t
+                     ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+                  WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'",
+                &[],
+            )
+            .await?;
+        let mut all = Vec::new();
+        for col in cols {
+            let (table, column, ty): (String, String, String) =
+                (col.get(0), col.get(1), col.get(2));
+            if ty == "bytea" {
+                let q = format!("SELECT \"{column}\" FROM \"{table}\"");
+                for row in c.query(&q, &[]).await? {
+                    all.extend(row.get::<_, Option<Vec<u8>>>(0).unwrap_or_default());
+                    all.push(0);
+                }
+            } else {
+                let q = format!("SELECT \"{column}\"::text FROM \"{table}\"");
+                for row in c.query(&q, &[]).await? {
+                    all.extend(
+                        row.get::<_, Option<String>>(0)
+                            .unwrap_or_default()
+                            .into_bytes(),
+                    );
+                    all.push(0);
+                }
+            }
+        }
+        Ok(all)
+    })
 }
 
 /// Connects to `url` (without TLS) on a runtime of its own in another thread and runs

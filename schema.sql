@@ -279,3 +279,81 @@ SELECT p.value AS policy,
 FROM tokens t, json_each(t.policies) p
 WHERE t.expires_at IS NULL OR t.expires_at > CAST(strftime('%s', 'now') AS INTEGER)
 ORDER BY p.value, t.expires_at IS NULL, t.expires_at;
+
+-- migrate: 9
+
+-- Keys of Vault's TOTP secrets engine (/v1/<mount>/keys/<name>), each mount its own
+-- namespace. The key itself is sealed in otp_secrets under secret_id, with its replay
+-- record, failure count and lock; this row holds what `read` shows.
+CREATE TABLE engine_keys (
+    mount        TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    secret_id    TEXT NOT NULL UNIQUE REFERENCES otp_secrets(id) ON DELETE CASCADE,
+    issuer       TEXT NOT NULL,
+    account_name TEXT NOT NULL,
+    skew         INTEGER NOT NULL CHECK (skew IN (0, 1)),
+    created_at   INTEGER NOT NULL,         -- unix seconds
+    PRIMARY KEY (mount, name)
+) STRICT;
+
+-- Codes tried at an engine key, right or wrong, kept until no step they could match is
+-- in the window any more: as Vault's engine does, a code tried twice is refused the
+-- second time as used. A code here is spent or wrong, so it tells nobody a code to use.
+CREATE TABLE engine_tried_codes (
+    secret_id  TEXT NOT NULL REFERENCES otp_secrets(id) ON DELETE CASCADE,
+    code       TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,           -- unix seconds
+    PRIMARY KEY (secret_id, code)
+) STRICT;
+
+-- The operators' views learn of engine keys: surface 'vault_totp', the mount as entity,
+-- the key's name as label. SQLite cannot replace a view another view reads, so the two
+-- that read secrets_view go and come back unchanged.
+DROP VIEW secrets_per_entity_view;
+DROP VIEW lockouts_view;
+DROP VIEW secrets_view;
+
+CREATE VIEW secrets_view AS
+SELECT CASE
+           WHEN m.secret_id IS NOT NULL THEN 'vault_mfa'
+           WHEN a.id IS NOT NULL THEN 'agent'
+           WHEN d.secret_id IS NOT NULL THEN 'user_totp'
+           WHEN k.secret_id IS NOT NULL THEN 'vault_totp'
+           ELSE 'orphan'
+       END AS surface,
+       coalesce(m.entity_id, a.entity_id, d.entity_id, k.mount) AS entity,
+       coalesce(mm.name, m.method_id, a.label, d.name, k.name) AS method_or_label,
+       s.id AS secret_id,
+       s.algorithm,
+       s.digits,
+       s.period,
+       datetime(s.created_at, 'unixepoch') AS created,
+       datetime(s.last_step * s.period, 'unixepoch') AS last_accepted,
+       s.failures,
+       CASE WHEN s.locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+            THEN 'locked' ELSE 'open' END AS lock
+FROM otp_secrets s
+LEFT JOIN mfa_secrets m ON m.secret_id = s.id
+LEFT JOIN mfa_methods mm ON mm.id = m.method_id
+LEFT JOIN agent_secrets a ON a.id = s.id
+LEFT JOIN user_devices d ON d.secret_id = s.id
+LEFT JOIN engine_keys k ON k.secret_id = s.id
+ORDER BY surface, entity, s.created_at;
+
+CREATE VIEW lockouts_view AS
+SELECT v.surface, v.entity, v.method_or_label AS what, v.failures,
+       datetime(s.locked_until, 'unixepoch') AS locked_until
+FROM secrets_view v JOIN otp_secrets s ON s.id = v.secret_id
+WHERE s.locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+UNION ALL
+SELECT 'user_totp', entity_id, '(every device)', failures,
+       datetime(locked_until, 'unixepoch')
+FROM user_locks
+WHERE locked_until > CAST(strftime('%s', 'now') AS INTEGER)
+ORDER BY 5;
+
+CREATE VIEW secrets_per_entity_view AS
+SELECT surface, entity, method_or_label, count(*) AS secrets
+FROM secrets_view
+GROUP BY surface, entity, method_or_label
+ORDER BY surface, entity, method_or_label;

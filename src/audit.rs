@@ -129,6 +129,12 @@ pub enum Action {
     MfaAdminUnlock,
     AgentSecretCreate,
     AgentSecretDelete,
+    /// A TOTP engine key generated or imported (`<mount>/keys/<name>`).
+    EngineKeyCreate,
+    EngineKeyDelete,
+    /// A code checked at a TOTP engine key (`POST <mount>/code/<name>`).
+    EngineValidate,
+    EngineUnlock,
     NitrideCreate,
     NitrideDelete,
     NitrideSpend,
@@ -167,6 +173,10 @@ impl Action {
             Action::MfaAdminUnlock => "mfa.admin_unlock",
             Action::AgentSecretCreate => "agent.secret.create",
             Action::AgentSecretDelete => "agent.secret.delete",
+            Action::EngineKeyCreate => "totp.key.create",
+            Action::EngineKeyDelete => "totp.key.delete",
+            Action::EngineValidate => "totp.validate",
+            Action::EngineUnlock => "totp.unlock",
             Action::NitrideCreate => "nitride.token.create",
             Action::NitrideDelete => "nitride.token.delete",
             Action::NitrideSpend => "nitride.spend",
@@ -282,6 +292,11 @@ pub enum Object<'a> {
     },
     AgentSecret {
         secret_id: &'a str,
+    },
+    /// A key of Vault's TOTP secrets engine.
+    EngineKey {
+        mount: &'a str,
+        name: &'a str,
     },
     /// A login-step user, and the device named, if one was.
     User {

@@ -74,6 +74,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub mounts: Vec<String>,
+    /// Another mount of Vault's TOTP secrets engine, served at /v1/<NAME>/keys and
+    /// /v1/<NAME>/code beside the built-in `totp`; each mount holds its own keys
+    /// (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "totp-mount",
+        env = "TOTPD_TOTP_MOUNTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub totp_mounts: Vec<String>,
     /// How often spent and expired policy tokens are purged (also once at start):
     /// seconds, or a duration such as 10m. [default: 10m]
     #[arg(long, env = "TOTPD_PURGE_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
@@ -182,6 +192,7 @@ struct FileConfig {
     read_queue: Option<u32>,
     max_connections: Option<u32>,
     mounts: Option<Vec<String>>,
+    totp_mounts: Option<Vec<String>>,
     purge_interval: Option<toml::Value>,
     default_ttl: Option<toml::Value>,
     max_ttl: Option<toml::Value>,
@@ -233,6 +244,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Nitride mounts besides `ratls` (not yet checked: the daemon checks them).
     pub mounts: Vec<String>,
+    /// TOTP engine mounts besides `totp` (checked by the daemon, as `mounts`).
+    pub totp_mounts: Vec<String>,
     /// How often spent and expired policy tokens are purged.
     pub purge_interval: std::time::Duration,
     /// The user login step's settings.
@@ -518,6 +531,11 @@ impl ServeArgs {
                 file.mounts.unwrap_or_default()
             } else {
                 self.mounts.clone()
+            },
+            totp_mounts: if self.totp_mounts.is_empty() {
+                file.totp_mounts.unwrap_or_default()
+            } else {
+                self.totp_mounts.clone()
             },
             purge_interval: std::time::Duration::from_secs(purge_interval),
             login,

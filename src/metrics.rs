@@ -183,7 +183,11 @@ pub fn render_lockouts(l: &crate::store::Lockouts) -> String {
         "# HELP totpd_lockouts_total Locks begun: consecutive failures reached the limit.\n",
     );
     out.push_str("# TYPE totpd_lockouts_total counter\n");
-    for (surface, n) in [("user_totp", l.user_totp), ("vault_mfa", l.vault_mfa)] {
+    for (surface, n) in [
+        ("user_totp", l.user_totp),
+        ("vault_mfa", l.vault_mfa),
+        ("vault_totp", l.vault_totp),
+    ] {
         let _ = writeln!(out, "totpd_lockouts_total{{surface=\"{surface}\"}} {n}");
     }
     out

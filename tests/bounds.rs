@@ -132,6 +132,41 @@ impl AgentStore for Overloaded {
 }
 
 #[async_trait]
+impl EngineStore for Overloaded {
+    async fn put_engine_key(&self, _: &EngineKeyInfo, _: &[u8]) -> Result<(), StoreError> {
+        busy()
+    }
+    async fn get_engine_key(&self, _: &str, _: &str) -> Result<Option<EngineKeyInfo>, StoreError> {
+        busy()
+    }
+    async fn open_engine_key(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<(EngineKeyInfo, Vec<u8>)>, StoreError> {
+        busy()
+    }
+    async fn list_engine_keys(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        busy()
+    }
+    async fn delete_engine_key(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        busy()
+    }
+    async fn check_and_record_engine_code(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i64,
+    ) -> Result<EngineCheck, StoreError> {
+        busy()
+    }
+    async fn unlock_engine_key(&self, _: &str, _: &str) -> Result<LockState, StoreError> {
+        busy()
+    }
+}
+
+#[async_trait]
 impl PolicyTokenStore for Overloaded {
     async fn create_policy_token(&self, _: &PolicyTokenRecord) -> Result<(), StoreError> {
         busy()

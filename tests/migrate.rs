@@ -1,12 +1,13 @@
 //! `totpd migrate`: a SQLite database moved whole into PostgreSQL.
 //!
 //! Against the real binary: a SQLite daemon holds secrets of every surface (an MFA
-//! enrolment with one code already accepted, an agent secret, an active login device
-//! with recovery codes beside a pending one, a temp_token), a token, a policy in HCL,
-//! Nitride tokens spent and unspent, and a recorded backup; it is stopped and migrated;
-//! a daemon on the PostgreSQL database with the same key file then accepts the same
-//! codes (checked with an independent TOTP implementation), still refuses the code
-//! accepted before (replay), and honours the token, the policy, the Nitride token, the
+//! enrolment with one code already accepted, an agent secret, a TOTP engine key with a
+//! wrong code tried, an active login device with recovery codes beside a pending one, a
+//! temp_token), a token, a policy in HCL, Nitride tokens spent and unspent, and a
+//! recorded backup; it is stopped and migrated; a daemon on the PostgreSQL database with
+//! the same key file then accepts the same codes (checked with an independent TOTP
+//! implementation), still refuses the code accepted before (replay) and the code tried
+//! at the engine key, and honours the token, the policy, the Nitride token, the
 //! temp_token and a recovery code. A target holding rows, a wrong key (for the source,
 //! or a target made with another ring) and a running source are refused, with nothing
 //! written. The URL's password never shows.
@@ -31,8 +32,8 @@ use totpd::otp::{code_at, recovery, Outcome, Params};
 use totpd::store::postgres::{PgOptions, PgStore};
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    AgentSecretInfo, Check, MethodRecord, MigrateStore, Proof, RecoveryHash, Sealer, Spend, Store,
-    StoreDump, StoreError, TokenRecord,
+    AgentSecretInfo, Check, EngineCheck, EngineKeyInfo, MethodRecord, MigrateStore, Proof,
+    RecoveryHash, Sealer, Spend, Store, StoreDump, StoreError, TokenRecord,
 };
 
 const MFA: &str = "/v1/identity/mfa/method/totp";
@@ -143,6 +144,10 @@ struct Held {
     agent_id: String,
     /// The agent secret (SHA512, 6 digits, 60 s).
     agent: Vec<u8>,
+    /// The key `ci` of the TOTP engine's `totp` mount (SHA1, 6 digits, 30 s, skew 1).
+    engine: Vec<u8>,
+    /// A wrong code tried at it before the move.
+    engine_wrong: String,
     /// alice's active login device (SHA1, 6 digits).
     device: Vec<u8>,
     /// alice's recovery codes: the first spent before the move.
@@ -291,6 +296,37 @@ async fn fill(d: &Daemon) -> Held {
     assert_eq!(r.status, 201, "{}", r.text);
     let agent_id = r.json["totp_secret"]["id"].as_str().unwrap().to_string();
 
+    // A key of the TOTP engine, and a wrong code tried at it (remembered as tried).
+    let engine_b32 = common::seed(20);
+    let r = d
+        .req(
+            "POST",
+            "/v1/totp/keys/ci",
+            Some(json!({"key": engine_b32, "issuer": "Acme", "account_name": "ci@example.com"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let engine = common::raw(&engine_b32);
+    let t = unix_now();
+    let near: Vec<String> = (0..5)
+        .map(|i| reference_totp(&engine, "SHA1", 6, 30, t + i * 30 - 60))
+        .collect();
+    let engine_wrong = (0..10)
+        .map(|i: u8| i.to_string().repeat(6))
+        .find(|c| !near.contains(c))
+        .unwrap();
+    let r = d
+        .req(
+            "POST",
+            "/v1/totp/code/ci",
+            Some(json!({ "code": engine_wrong })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["data"]["valid"], false, "{}", r.text);
+
     let alice = entity_token(d, "alice").await;
     fresh_step(30, 3).await;
     let r = d
@@ -359,6 +395,8 @@ async fn fill(d: &Daemon) -> Held {
         mfa,
         agent_id,
         agent: common::raw(&agent_b32),
+        engine,
+        engine_wrong,
         device,
         recovery,
         token,
@@ -389,6 +427,17 @@ async fn agent_code_matches(d: &Daemon, h: &Held) {
     assert!(refs.iter().any(|c| c == code), "{code} vs {refs:?}");
 }
 
+/// The engine key's code as `d` gives it, against the reference at that moment.
+async fn engine_code_matches(d: &Daemon, h: &Held) {
+    let before = unix_now();
+    let r = d.req("GET", "/v1/totp/code/ci", None, None).await;
+    let after = unix_now();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let code = r.json["data"]["code"].as_str().unwrap();
+    let refs = [before, after].map(|t| reference_totp(&h.engine, "SHA1", 6, 30, t));
+    assert!(refs.iter().any(|c| c == code), "{code} vs {refs:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The command
 // ---------------------------------------------------------------------------------------
@@ -414,7 +463,7 @@ async fn every_surface_moves_to_postgres_with_the_same_codes() {
     assert_eq!(v["counts_equal"], true, "{v}");
     assert_eq!(v["rows_equal"], true, "{v}");
     let tables = v["tables"].as_array().unwrap();
-    assert_eq!(tables.len(), 12, "{v}");
+    assert_eq!(tables.len(), 14, "{v}");
     for t in tables {
         assert_eq!(t["source"], t["target"], "{t}");
         // Every table holds something: every surface moved.
@@ -425,15 +474,17 @@ async fn every_surface_moves_to_postgres_with_the_same_codes() {
             .as_u64()
             .unwrap()
     };
-    // alice's and bob's MFA secrets, the agent's, alice's two devices.
-    assert_eq!(table("otp_secrets"), 5);
+    // alice's and bob's MFA secrets, the agent's, alice's two devices, the engine key.
+    assert_eq!(table("otp_secrets"), 6);
+    assert_eq!(table("engine_keys"), 1);
+    assert_eq!(table("engine_tried_codes"), 1);
     assert_eq!(table("user_devices"), 2);
     assert_eq!(table("recovery_codes"), 10);
     assert_eq!(table("policy_tokens"), 2);
     // The key check and last_backup.
     assert_eq!(table("meta"), 2);
-    assert_eq!(v["codes"]["secrets"], 5, "{v}");
-    assert_eq!(v["codes"]["matched"], 5, "{v}");
+    assert_eq!(v["codes"]["secrets"], 6, "{v}");
+    assert_eq!(v["codes"]["matched"], 6, "{v}");
     assert_eq!(v["to"], config_redacted(&url), "{v}");
     assert!(!err.contains("error"), "{err}");
 
@@ -453,6 +504,18 @@ async fn every_surface_moves_to_postgres_with_the_same_codes() {
         403
     );
     agent_code_matches(&dst, &h).await;
+    engine_code_matches(&dst, &h).await;
+    // The engine key's wrong code, tried before the move, is refused as used.
+    let r = dst
+        .req(
+            "POST",
+            "/v1/totp/code/ci",
+            Some(json!({ "code": h.engine_wrong })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("already used"), "{}", r.text);
 
     // The token, and the policy as written (HCL) that it holds.
     let auth = [("x-vault-token", h.token.clone())];
@@ -749,6 +812,32 @@ async fn fill_store(s: &dyn Store) {
         .await
         .unwrap();
 
+    // Engine keys in two mounts; at the `totp` one a right code and a wrong one tried.
+    for (mount, name, skew) in [("totp", "acct", 0), ("ci-totp", "zeta", 1)] {
+        let k = EngineKeyInfo {
+            mount: mount.into(),
+            name: name.into(),
+            issuer: "Acme".into(),
+            account_name: format!("{name}@example.com"),
+            params: Params::new("SHA1", 6, 30).unwrap(),
+            skew,
+            created_at: NOW,
+        };
+        s.put_engine_key(&k, &[name.len() as u8; 20]).await.unwrap();
+    }
+    let (right, wrong) = engine_codes();
+    for (code, want) in [
+        (&right, Outcome::Accepted { step: NOW / 30 }),
+        (&wrong, Outcome::Refused(totpd::otp::Refusal::Invalid)),
+    ] {
+        assert_eq!(
+            s.check_and_record_engine_code("totp", "acct", code, NOW)
+                .await
+                .unwrap(),
+            EngineCheck::Checked(want)
+        );
+    }
+
     let device = [3u8; 20];
     let p = Params::new("SHA1", 6, 30).unwrap();
     s.setup_user_device("alice", None, "dev-1", &device, &p, NOW)
@@ -793,6 +882,17 @@ async fn fill_store(s: &dyn Store) {
     s.record_backup(NOW - 50).await.unwrap();
 }
 
+/// The right code of the `totp` engine key `acct` at NOW, and a wrong one.
+fn engine_codes() -> (String, String) {
+    let right = code_at(&[4; 20], &Params::new("SHA1", 6, 30).unwrap(), NOW);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    (right, wrong.to_string())
+}
+
 /// Every secret's code at `t`, opened with the test's key.
 fn codes(d: &StoreDump, t: i64) -> Vec<(String, String)> {
     d.otp_secrets
@@ -808,7 +908,14 @@ fn check_filled(d: &StoreDump) {
     }
     assert!(d.meta.iter().all(|m| m.key != "key_check"));
     assert_eq!(d.tokens.len(), 3);
-    assert_eq!(d.otp_secrets.len(), 5);
+    assert_eq!(d.otp_secrets.len(), 7);
+    let keys: Vec<(&str, &str)> = d
+        .engine_keys
+        .iter()
+        .map(|k| (k.mount.as_str(), k.name.as_str()))
+        .collect();
+    assert_eq!(keys, [("ci-totp", "zeta"), ("totp", "acct")]);
+    assert_eq!(d.engine_tried_codes.len(), 2);
     let names: Vec<&str> = d.user_devices.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["default", "spare"]);
 }
@@ -832,6 +939,16 @@ async fn check_moved<S: Store + MigrateStore + ?Sized>(s: &S, d: &StoreDump) {
             .unwrap(),
         Outcome::Refused(totpd::otp::Refusal::Replay)
     );
+    // The engine key's codes tried before are refused as used.
+    let (right, wrong) = engine_codes();
+    for code in [right, wrong] {
+        assert_eq!(
+            s.check_and_record_engine_code("totp", "acct", &code, NOW + 1)
+                .await
+                .unwrap(),
+            EngineCheck::Repeat
+        );
+    }
     assert_eq!(s.get_policy("app").await.unwrap().as_deref(), Some(HCL));
     let e = s.load_all(d).await.unwrap_err();
     assert!(

@@ -38,10 +38,10 @@ use totpd::store::postgres::{PgOptions, PgStore};
 use totpd::store::seal::KeyRing;
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::{
-    Activation, AgentSecretInfo, AgentStore, Check, Clash, Enrollment, Lockouts, MethodRecord,
-    MfaStore, PolicyStore, PolicyTokenRecord, PolicyTokenStore, Proof, RecoveryHash, Sealer, Setup,
-    Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord, TokenStore, UserTotpStore,
-    MAX_USER_DEVICES,
+    Activation, AgentSecretInfo, AgentStore, Check, Clash, EngineCheck, EngineKeyInfo, EngineStore,
+    Enrollment, Lockouts, MethodRecord, MfaStore, PolicyStore, PolicyTokenRecord, PolicyTokenStore,
+    Proof, RecoveryHash, Sealer, Setup, Spend, SpendRefusal, Store, StoreError, Thing, TokenRecord,
+    TokenStore, UserTotpStore, MAX_USER_DEVICES,
 };
 use uuid::Uuid;
 
@@ -124,6 +124,7 @@ trait CoreStore:
     + PolicyTokenStore
     + MfaStore
     + AgentStore
+    + EngineStore
     + UserTotpStore
     + Send
     + Sync
@@ -280,6 +281,11 @@ macro_rules! core_suite {
             case_concurrent_setups_keep_the_device_cap,
             case_wrong_key_refused,
             case_closed_store_refuses_mfa_writes,
+            case_engine_keys_put_get_list_delete,
+            case_engine_code_checks_tried_codes_and_lock,
+            case_engine_concurrent_right_code_accepted_once,
+            case_engine_concurrent_puts_leave_one_key,
+            case_engine_tried_codes_survive_reopen,
         );
     };
 }
@@ -2312,6 +2318,269 @@ async fn case_user_devices_made_in_one_second_keep_their_order<B: CoreBackend + 
 }
 
 // ---------------------------------------------------------------------------------------
+// Vault's TOTP secrets engine
+// ---------------------------------------------------------------------------------------
+
+/// An engine key of the `totp` mount (skew 0 unless changed: one right code at a time).
+fn engine_key(mount: &str, name: &str) -> EngineKeyInfo {
+    EngineKeyInfo {
+        mount: mount.into(),
+        name: name.into(),
+        issuer: "Acme".into(),
+        account_name: format!("{name}@example.com"),
+        params: params(),
+        skew: 0,
+        created_at: NOW,
+    }
+}
+
+async fn engine_check<S: CoreStore + ?Sized>(
+    s: &Arc<S>,
+    k: &EngineKeyInfo,
+    code: &str,
+    now: i64,
+) -> EngineCheck {
+    s.check_and_record_engine_code(&k.mount, &k.name, code, now)
+        .await
+        .expect("check_and_record_engine_code")
+}
+
+async fn case_engine_keys_put_get_list_delete<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    // Put out of order, and with names whose byte order differs from a locale's.
+    let mut keys = Vec::new();
+    for name in ["zeta", "Alpha", "beta", "_x"] {
+        let k = engine_key("totp", name);
+        s.put_engine_key(&k, &[name.len() as u8; 20]).await.unwrap();
+        keys.push(k);
+    }
+    let other = EngineKeyInfo {
+        skew: 1,
+        params: Params::new("SHA256", 8, 60).unwrap(),
+        ..engine_key("ci-totp", "zeta")
+    };
+    s.put_engine_key(&other, &[9; 32]).await.unwrap();
+
+    assert_eq!(
+        s.list_engine_keys("totp").await.unwrap(),
+        ["Alpha", "_x", "beta", "zeta"]
+    );
+    assert_eq!(s.list_engine_keys("ci-totp").await.unwrap(), ["zeta"]);
+    assert!(s.list_engine_keys("nothing").await.unwrap().is_empty());
+    // Exactly what was stored; each mount its own key under one name.
+    assert_eq!(
+        s.get_engine_key("totp", "zeta").await.unwrap(),
+        Some(keys[0].clone())
+    );
+    assert_eq!(
+        s.get_engine_key("ci-totp", "zeta").await.unwrap(),
+        Some(other.clone())
+    );
+    assert_eq!(
+        s.open_engine_key("ci-totp", "zeta").await.unwrap(),
+        Some((other.clone(), vec![9; 32]))
+    );
+    assert_eq!(s.get_engine_key("totp", "nope").await.unwrap(), None);
+    assert_eq!(s.open_engine_key("ci-totp", "beta").await.unwrap(), None);
+
+    // A put on a taken name replaces the key, as Vault's engine does.
+    let replaced = EngineKeyInfo {
+        issuer: "Other".into(),
+        created_at: NOW + 5,
+        ..keys[0].clone()
+    };
+    s.put_engine_key(&replaced, &[7; 20]).await.unwrap();
+    assert_eq!(
+        s.open_engine_key("totp", "zeta").await.unwrap(),
+        Some((replaced.clone(), vec![7; 20]))
+    );
+    assert_eq!(s.list_engine_keys("totp").await.unwrap().len(), 4);
+
+    assert!(s.delete_engine_key("totp", "zeta").await.unwrap());
+    assert!(!s.delete_engine_key("totp", "zeta").await.unwrap());
+    assert_eq!(s.get_engine_key("totp", "zeta").await.unwrap(), None);
+    // The other mount's key of that name stays.
+    assert!(s.get_engine_key("ci-totp", "zeta").await.unwrap().is_some());
+    assert!(matches!(
+        s.check_and_record_engine_code("totp", "zeta", "123456", NOW)
+            .await,
+        Err(StoreError::NotFound(Thing::EngineKey))
+    ));
+    assert!(matches!(
+        s.unlock_engine_key("totp", "zeta").await,
+        Err(StoreError::NotFound(Thing::EngineKey))
+    ));
+    close(&s).await;
+}
+
+async fn case_engine_code_checks_tried_codes_and_lock<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let k = engine_key("totp", "acct");
+    let secret = vec![5u8; 20];
+    s.put_engine_key(&k, &secret).await.unwrap();
+    let p = k.params;
+    let right = code_at(&secret, &p, NOW);
+    let step = p.step(NOW);
+
+    assert_eq!(
+        engine_check(&s, &k, &right, NOW).await,
+        EngineCheck::Checked(Outcome::Accepted { step })
+    );
+    // The same code again, spaces and all: tried, refused as used, nothing counted.
+    assert_eq!(
+        engine_check(&s, &k, &format!(" {right} "), NOW).await,
+        EngineCheck::Repeat
+    );
+
+    // Wrong codes: each fresh one counts, a repeat does not.
+    let next = NOW + PERIOD;
+    let wrongs: Vec<String> = (0..10u32)
+        .map(|d| d.to_string().repeat(6))
+        .filter(|c| *c != code_at(&secret, &p, next) && *c != right)
+        .take(5)
+        .collect();
+    for w in &wrongs[..4] {
+        assert_eq!(
+            engine_check(&s, &k, w, next).await,
+            EngineCheck::Checked(Outcome::Refused(Refusal::Invalid))
+        );
+        assert_eq!(engine_check(&s, &k, w, next).await, EngineCheck::Repeat);
+    }
+    // Malformed: verified (and counted) each time, never remembered.
+    assert_eq!(
+        engine_check(&s, &k, "12345", next).await,
+        EngineCheck::Checked(Outcome::Refused(Refusal::Malformed))
+    );
+    assert_eq!(
+        s.lockouts_begun().vault_totp,
+        1,
+        "the fifth failure in a row locks"
+    );
+    // Locked: even the right code is refused, and not remembered, so it works after.
+    let right_next = code_at(&secret, &p, next);
+    assert_eq!(
+        engine_check(&s, &k, &right_next, next).await,
+        EngineCheck::Checked(Outcome::Refused(Refusal::Locked))
+    );
+    assert_eq!(
+        engine_check(&s, &k, &right_next, next).await,
+        EngineCheck::Checked(Outcome::Refused(Refusal::Locked))
+    );
+    let cleared = s.unlock_engine_key("totp", "acct").await.unwrap();
+    assert_eq!(cleared.locked_until, Some(next + PERIOD));
+    assert_eq!(
+        engine_check(&s, &k, &right_next, next).await,
+        EngineCheck::Checked(Outcome::Accepted { step: step + 1 })
+    );
+    // An older step's code, never tried, is a replay (RFC 6238 §5.2), not a repeat.
+    let later = next + PERIOD;
+    let w0 = &wrongs[0];
+    // Remembered for period × (2 + skew) = 60 s from `next`: still a repeat at +59...
+    assert_eq!(
+        engine_check(&s, &k, w0, next + 59).await,
+        EngineCheck::Repeat
+    );
+    // ...and a fresh try from +60 on.
+    assert_eq!(
+        engine_check(&s, &k, w0, next + 60).await,
+        EngineCheck::Checked(Outcome::Refused(Refusal::Invalid))
+    );
+    let _ = later;
+
+    // Replacing the key clears its records.
+    s.put_engine_key(&k, &secret).await.unwrap();
+    assert_eq!(
+        engine_check(&s, &k, &right, NOW).await,
+        EngineCheck::Checked(Outcome::Accepted { step })
+    );
+    close(&s).await;
+}
+
+async fn case_engine_concurrent_right_code_accepted_once<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let k = engine_key("totp", "race");
+    let secret = vec![3u8; 20];
+    s.put_engine_key(&k, &secret).await.unwrap();
+    let code = code_at(&secret, &k.params, NOW);
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (s, barrier, code) = (Arc::clone(&s), Arc::clone(&barrier), code.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                s.check_and_record_engine_code("totp", "race", &code, NOW)
+                    .await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut repeats = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(EngineCheck::Checked(Outcome::Accepted { .. })) => accepted += 1,
+            Ok(EngineCheck::Repeat) => repeats += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (accepted, repeats),
+        (1, 63),
+        "one right code is accepted exactly once"
+    );
+    close(&s).await;
+}
+
+async fn case_engine_concurrent_puts_leave_one_key<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let k = engine_key("totp", "shared");
+                s.put_engine_key(&k, &[i; 20]).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every put succeeds: the last one wins");
+    }
+    assert_eq!(s.list_engine_keys("totp").await.unwrap(), ["shared"]);
+    let (_, secret) = s
+        .open_engine_key("totp", "shared")
+        .await
+        .unwrap()
+        .expect("one key");
+    assert!(secret.iter().all(|b| *b == secret[0]) && secret[0] < 16);
+    close(&s).await;
+}
+
+async fn case_engine_tried_codes_survive_reopen<B: CoreBackend + ?Sized>(b: &B) {
+    let s = open_core(b);
+    let k = engine_key("totp", "durable");
+    let secret = vec![8u8; 20];
+    s.put_engine_key(&k, &secret).await.unwrap();
+    let right = code_at(&secret, &k.params, NOW);
+    let wrong = wrong_code(&secret, &k.params, 0, NOW);
+    assert!(matches!(
+        engine_check(&s, &k, &right, NOW).await,
+        EngineCheck::Checked(Outcome::Accepted { .. })
+    ));
+    assert_eq!(
+        engine_check(&s, &k, &wrong, NOW).await,
+        EngineCheck::Checked(Outcome::Refused(Refusal::Invalid))
+    );
+    close(&s).await;
+    drop(s);
+    // Unlike Vault's in-memory cache, a restart forgets nothing.
+    let s = open_core(b);
+    assert_eq!(engine_check(&s, &k, &right, NOW).await, EngineCheck::Repeat);
+    assert_eq!(engine_check(&s, &k, &wrong, NOW).await, EngineCheck::Repeat);
+    close(&s).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Atomicity under concurrency
 // ---------------------------------------------------------------------------------------
 
@@ -2818,6 +3087,7 @@ async fn case_unlock_clears_locks_and_counts_lockouts<B: CoreBackend + ?Sized>(b
     let both = totpd::store::Lockouts {
         vault_mfa: 1,
         user_totp: 1,
+        vault_totp: 0,
     };
     assert_eq!(s.lockouts_begun(), both);
     // Nothing to clear is not an error.

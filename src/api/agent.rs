@@ -3,8 +3,6 @@
 //! Each secret belongs to the caller's entity: another entity's id answers 404, never
 //! 403, so ids do not leak.
 
-use std::time::Duration;
-
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -45,8 +43,6 @@ const MIN_SECRET_BYTES: usize = 10;
 /// Longer than any real seed (SHA512's block is 128 bytes); keeps rows small.
 const MAX_SECRET_BYTES: usize = 128;
 const MAX_LABEL: usize = 256;
-/// The most `min_validity` may ask for, in seconds.
-const MAX_MIN_VALIDITY: u64 = 120;
 
 /// `{"status": "error", "error": "..."}` with a status code.
 #[derive(Debug)]
@@ -366,29 +362,12 @@ async fn code(
         .get_agent_secret(&who.entity_id, &id)
         .await?
         .ok_or_else(AgentError::not_found)?;
-    // A request may wait at most this long: enough for any code typed by a machine,
-    // short enough that a caller cannot park requests for a day.
-    let most = (params.period - 1).min(MAX_MIN_VALIDITY);
-    let min_validity = match q.min_validity.as_deref() {
-        None => 0,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n <= most => n,
-            _ => {
-                return Err(AgentError::bad(format!(
-                    "min_validity: must be a whole number of seconds from 0 to {most}"
-                )))
-            }
-        },
-    };
-    let mut t = now();
-    let left = params.remaining(t);
-    if left < min_validity {
-        tokio::time::sleep(Duration::from_secs(left)).await;
-        t = now().max(t + left as i64);
-    }
+    let (code, t) = super::current_code(&secret, &params, q.min_validity.as_deref())
+        .await
+        .map_err(AgentError::bad)?;
     Ok(axum::Json(json!({
         "status": "success",
-        "code": otp::code_at(&secret, &params, t),
+        "code": code,
         "expires_in": params.remaining(t),
         "period": params.period,
     }))

@@ -82,6 +82,35 @@ pub fn flex_string_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
     Option::<W>::deserialize(d).map(|o| o.map(|w| w.0))
 }
 
+/// A boolean as JSON `true`/`false` or as a string Go's `strconv.ParseBool` takes
+/// (`"true"`, `"1"`, `"f"`, ...): the Vault CLI sends every value as a string.
+pub fn flex_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a boolean")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(Some(true)),
+                "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(Some(false)),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// Whether `s` is free of control characters and of the bidirectional formatting
 /// characters (U+061C, U+200E/F, U+202A..E, U+2066..9) that let text rewrite how a
 /// terminal shows what follows it.
@@ -147,6 +176,22 @@ mod tests {
         assert_eq!((c.token.as_str(), c.other), ("0123", None));
         assert!(serde_json::from_str::<C>(r#"{"token": 1.5}"#).is_err());
         assert!(serde_json::from_str::<C>(r#"{"token": true}"#).is_err());
+    }
+
+    #[test]
+    fn booleans_as_vault_clients_send_them() {
+        #[derive(Deserialize)]
+        struct B {
+            #[serde(default, deserialize_with = "flex_bool")]
+            b: Option<bool>,
+        }
+        let b = |j: &str| serde_json::from_str::<B>(j).map(|b| b.b);
+        assert_eq!(b(r#"{"b": true}"#).unwrap(), Some(true));
+        assert_eq!(b(r#"{"b": "false"}"#).unwrap(), Some(false));
+        assert_eq!(b(r#"{"b": "1"}"#).unwrap(), Some(true));
+        assert_eq!(b(r#"{}"#).unwrap(), None);
+        assert!(b(r#"{"b": "yes"}"#).is_err());
+        assert!(b(r#"{"b": 1}"#).is_err());
     }
 
     #[test]

@@ -7,11 +7,13 @@
 pub mod agent;
 pub mod extract;
 pub mod fields;
+pub mod mounts;
 pub mod nitride;
 pub mod sys;
 pub mod user_totp;
 pub mod vault;
 pub mod vault_mfa;
+pub mod vault_totp;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,7 +42,9 @@ pub struct AppState {
     /// Bounds the CPU and memory QR rendering can take, whatever clients send.
     pub renders: Arc<tokio::sync::Semaphore>,
     /// The auth mounts that hold Nitride policy tokens.
-    pub mounts: Arc<nitride::Mounts>,
+    pub mounts: Arc<mounts::Mounts>,
+    /// The mounts of Vault's TOTP secrets engine.
+    pub engine_mounts: Arc<mounts::Mounts>,
     /// How the user login step is configured.
     pub login: Arc<user_totp::Settings>,
     /// Bounds the argon2 work (recovery codes) running at once, whatever clients send.
@@ -57,7 +61,8 @@ impl AppState {
             store,
             metrics: Default::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
-            mounts: Arc::new(nitride::Mounts::default()),
+            mounts: Arc::new(mounts::Mounts::only(&nitride::MOUNTS)),
+            engine_mounts: Arc::new(mounts::Mounts::only(&vault_totp::MOUNTS)),
             login: Arc::new(user_totp::Settings::default()),
             hashes: user_totp::hash_bound(),
             tokens: Arc::new(sys::TokenSettings::default()),
@@ -86,8 +91,14 @@ impl AppState {
     }
 
     /// The same state serving these Nitride mounts.
-    pub fn with_mounts(mut self, mounts: nitride::Mounts) -> Self {
+    pub fn with_mounts(mut self, mounts: mounts::Mounts) -> Self {
         self.mounts = Arc::new(mounts);
+        self
+    }
+
+    /// The same state serving these TOTP engine mounts.
+    pub fn with_engine_mounts(mut self, mounts: mounts::Mounts) -> Self {
+        self.engine_mounts = Arc::new(mounts);
         self
     }
 }
@@ -315,6 +326,41 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The most `min_validity` may ask for, in seconds.
+const MAX_MIN_VALIDITY: u64 = 120;
+
+/// The code of `secret` now, and the time it was made for. With `min_validity` (whole
+/// seconds, as the query parameter arrives), when fewer remain in the current step the
+/// answer waits for the next one, so a machine never types a code that dies in
+/// transit. `Err` is the message for a bad `min_validity`.
+pub async fn current_code(
+    secret: &[u8],
+    params: &crate::otp::Params,
+    min_validity: Option<&str>,
+) -> Result<(String, i64), String> {
+    // A request may wait at most this long: enough for any code typed by a machine,
+    // short enough that a caller cannot park requests for a day.
+    let most = (params.period - 1).min(MAX_MIN_VALIDITY);
+    let min_validity = match min_validity {
+        None => 0,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n <= most => n,
+            _ => {
+                return Err(format!(
+                    "min_validity: must be a whole number of seconds from 0 to {most}"
+                ))
+            }
+        },
+    };
+    let mut t = now();
+    let left = params.remaining(t);
+    if left < min_validity {
+        tokio::time::sleep(std::time::Duration::from_secs(left)).await;
+        t = now().max(t + left as i64);
+    }
+    Ok((crate::otp::code_at(secret, params, t), t))
+}
+
 /// One API surface: the request paths it owns, its routes and its error shape. The
 /// router and the 404/405/413 answers are built from [`SURFACES`], so adding a surface
 /// is one line there.
@@ -330,6 +376,7 @@ pub struct Surface {
 pub const SURFACES: &[Surface] = &[
     sys::SURFACE,
     vault_mfa::SURFACE,
+    vault_totp::SURFACE,
     agent::SURFACE,
     nitride::SURFACE,
     user_totp::SURFACE,

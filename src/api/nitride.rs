@@ -20,6 +20,9 @@ use axum::routing::{delete, put};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
+use super::mounts::MountKind;
+#[cfg(test)]
+use super::mounts::Mounts;
 use super::vault::{self, ListQuery};
 use super::{extract, now, read_json, surface_error, AppState, BodyError, Surface, SurfaceError};
 use crate::audit::{self, Action, Event, Object, Verdict};
@@ -54,69 +57,13 @@ fn routes() -> Router<AppState> {
 
 // ----- mounts -----
 
-/// The auth mounts that hold policy tokens: `ratls` and any configured with `--mount`.
-/// Each holds its own tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mounts(Vec<String>);
-
-impl Default for Mounts {
-    fn default() -> Self {
-        Mounts(vec![DEFAULT_MOUNT.into()])
-    }
-}
-
-impl Mounts {
-    /// `ratls` plus `extra`. Refuses a name that is not one plain path segment, or that
-    /// would put `/v1/auth/<name>/totp` under another surface's paths (`token`).
-    pub fn new(extra: &[String]) -> Result<Mounts, String> {
-        let mut all = Mounts::default().0;
-        for name in extra {
-            check_mount(name)?;
-            if !all.contains(name) {
-                all.push(name.clone());
-            }
-        }
-        Ok(Mounts(all))
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.iter().any(|m| m == name)
-    }
-
-    pub fn names(&self) -> &[String] {
-        &self.0
-    }
-}
-
-/// A mount name: 1..=64 of lower-case letters, digits, '-' and '_', starting with a
-/// letter or digit, and not a path another surface already serves.
-fn check_mount(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
-    if !ok {
-        return Err(format!(
-            "mount {name:?}: a mount name is 1 to 64 lower-case letters, digits, '-' or '_'"
-        ));
-    }
-    let path = format!("/v1/auth/{name}/totp");
-    let taken = super::SURFACES
-        .iter()
-        .filter(|s| s.prefixes != SURFACE.prefixes)
-        .flat_map(|s| s.prefixes.iter())
-        .find(|p| super::covers(p, &path) || super::covers(&path, p));
-    match taken {
-        Some(p) => Err(format!(
-            "mount {name:?}: /v1/auth/{name} collides with the existing route {p}"
-        )),
-        None => Ok(()),
-    }
-}
+/// The auth mounts that hold policy tokens: `ratls` and any configured with `--mount`,
+/// each holding its own tokens, at `/v1/auth/<mount>/totp`.
+pub const MOUNTS: MountKind = MountKind {
+    default: DEFAULT_MOUNT,
+    path: |name| format!("/v1/auth/{name}/totp"),
+    own: SURFACE.prefixes,
+};
 
 // ----- errors -----
 
@@ -542,13 +489,17 @@ mod tests {
 
     #[test]
     fn mount_names() {
-        assert!(Mounts::new(&["ci".into(), "deploy-2".into()]).is_ok());
-        let m = Mounts::new(&["ci".into(), "ci".into()]).unwrap();
+        let new = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            Mounts::new(&MOUNTS, &names)
+        };
+        assert!(new(&["ci", "deploy-2"]).is_ok());
+        let m = new(&["ci", "ci"]).unwrap();
         assert_eq!(m.names(), ["ratls", "ci"]);
         for bad in ["", "Ci", "a/b", "-x", "x y", &"a".repeat(65)] {
-            assert!(Mounts::new(&[bad.to_string()]).is_err(), "{bad:?}");
+            assert!(new(&[bad]).is_err(), "{bad:?}");
         }
-        let e = Mounts::new(&["token".into()]).unwrap_err();
+        let e = new(&["token"]).unwrap_err();
         assert!(e.contains("collides"), "{e}");
     }
 

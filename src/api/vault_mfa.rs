@@ -393,7 +393,7 @@ fn method_event(action: Action, method_id: &str) -> Event<'_> {
 
 /// The QR image of `url`, base64 PNG: a few milliseconds of pixel work, off the async
 /// workers, at most [`super::AppState::renders`] at a time.
-async fn render_qr(st: &AppState, url: &str, size: u32) -> Result<String, VaultError> {
+pub(crate) async fn render_qr(st: &AppState, url: &str, size: u32) -> Result<String, VaultError> {
     let _permit = st
         .renders
         .clone()

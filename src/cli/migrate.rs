@@ -11,11 +11,12 @@
 //!
 //! The copy is the stores' own ([`MigrateStore`]): every row of every table (tokens,
 //! policies as written, Nitride tokens, MFA methods and enrolments, agent secrets, user
-//! devices, locks, recovery codes and temp_tokens, each secret's replay and lockout
-//! state, `last_backup`), read in one transaction and inserted in one transaction into
-//! a database holding no row; a database holding rows is refused. Sealed values are
-//! copied as they are (each is bound to its row id, which is kept), so the target opens
-//! with the same key ring; its key check is its own, made for that ring.
+//! devices, locks, recovery codes and temp_tokens, TOTP engine keys and the codes tried
+//! at them, each secret's replay and lockout state, `last_backup`), read in one
+//! transaction and inserted in one transaction into a database holding no row; a
+//! database holding rows is refused. Sealed values are copied as they are (each is
+//! bound to its row id, which is kept), so the target opens with the same key ring; its
+//! key check is its own, made for that ring.
 //!
 //! Then it is verified: rows per table on both sides, every row read back equal, and
 //! for every secret the code at one fixed time, from the source's opened secret and

@@ -215,7 +215,52 @@ pub fn verify(
     )
 }
 
-/// What `code` matches for one secret, before any lock is looked at: the step it
+/// A code as it is remembered when tried (Vault's TOTP engine): trimmed, and only if it
+/// has `p`'s length, as Vault remembers every code of the right length, digits or not
+/// (so a repeat of either is "used"). Other lengths are never remembered: Vault refuses
+/// them before looking, so they are never repeats.
+pub fn tried_form<'a>(code: &'a str, p: &Params) -> Option<&'a str> {
+    let code = code.trim();
+    (code.len() == p.digits as usize).then_some(code)
+}
+
+/// Until when a code tried at `now` is remembered: Vault's engine keeps it for
+/// `period × (2 + skew)` seconds, past the last moment any step it could match is in
+/// the window.
+pub fn tried_until(p: &Params, w: &Window, now: i64) -> i64 {
+    now.saturating_add((p.period as i64).saturating_mul(2 + i64::from(w.skew)))
+}
+
+/// Vault's TOTP engine's rule on top of [`verify`]: a code in `tried` (the codes tried
+/// at this secret and still remembered) is refused as used, before anything else, and
+/// changes nothing (`None`): it was counted when first tried. Any other code is
+/// verified as everywhere; with the outcome and state comes the code for the caller to
+/// remember until [`tried_until`] (in its [`tried_form`]), if any: none of another
+/// length, and none when the secret is locked, since a lock refuses every code without looking
+/// at it, so its refusals are not tries (and a flood while locked cannot grow the
+/// record).
+pub fn verify_untried(
+    secret: &[u8],
+    p: &Params,
+    w: &Window,
+    code: &str,
+    now: i64,
+    state: VerifyState,
+    tried: &[String],
+) -> Option<(Outcome, VerifyState, Option<String>)> {
+    let form = tried_form(code, p);
+    if form.is_some_and(|c| tried.iter().any(|t| t == c)) {
+        return None;
+    }
+    let (outcome, next) = verify(secret, p, w, code, now, state);
+    let remember = match outcome {
+        Outcome::Refused(Refusal::Locked) => None,
+        _ => form.map(str::to_string),
+    };
+    Some((outcome, next, remember))
+}
+
+/// What `code` matches for one secret, before any lock is looked at/// What `code` matches for one secret, before any lock is looked at: the step it
 /// belongs to in the window, or why not. The whole window is always computed, so every
 /// answer costs the same.
 pub fn match_code(
@@ -538,6 +583,84 @@ mod tests {
             assert_eq!(o, Outcome::Refused(Refusal::Malformed), "{bad:?}");
             assert_eq!(st.failures, 1);
         }
+    }
+
+    #[test]
+    fn a_code_tried_once_is_refused_as_used_right_or_wrong() {
+        let secret = b"12345678901234567890";
+        let p = Params::new("SHA1", 6, 30).unwrap();
+        let w = Window {
+            skew: 1,
+            max_attempts: 5,
+        };
+        let now = 1_000_000_000;
+        let right = code_at(secret, &p, now);
+        let wrong = if right == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        let st = VerifyState::default();
+
+        let (o, st, keep) = verify_untried(secret, &p, &w, wrong, now, st, &[]).unwrap();
+        assert_eq!(
+            (o, st.failures, keep.as_deref()),
+            (Outcome::Refused(Refusal::Invalid), 1, Some(wrong))
+        );
+        // Tried before: refused without a look, nothing counted.
+        assert!(verify_untried(
+            secret,
+            &p,
+            &w,
+            &format!(" {wrong} "),
+            now,
+            st,
+            &[wrong.into()]
+        )
+        .is_none());
+        let (o, st, keep) =
+            verify_untried(secret, &p, &w, &right, now, st, &[wrong.into()]).unwrap();
+        assert!(matches!(o, Outcome::Accepted { .. }));
+        assert_eq!((st.failures, keep), (0, Some(right.clone())));
+        assert!(verify_untried(
+            secret,
+            &p,
+            &w,
+            &right,
+            now,
+            st,
+            std::slice::from_ref(&right)
+        )
+        .is_none());
+        // Malformed codes are verified (and counted); remembered only at the right length.
+        let (o, _, keep) = verify_untried(secret, &p, &w, "12 34", now, st, &[]).unwrap();
+        assert_eq!((o, keep), (Outcome::Refused(Refusal::Malformed), None));
+        let (o, _, keep) = verify_untried(secret, &p, &w, "12a456", now, st, &[]).unwrap();
+        assert_eq!(
+            (o, keep.as_deref()),
+            (Outcome::Refused(Refusal::Malformed), Some("12a456"))
+        );
+        assert!(verify_untried(secret, &p, &w, "12a456", now, st, &["12a456".into()]).is_none());
+        // A locked secret's refusals are not tries.
+        let locked = VerifyState {
+            locked_until: Some(now + 30),
+            ..st
+        };
+        let (o, _, keep) = verify_untried(secret, &p, &w, wrong, now, locked, &[]).unwrap();
+        assert_eq!((o, keep), (Outcome::Refused(Refusal::Locked), None));
+        // Remembered for period × (2 + skew).
+        assert_eq!(tried_until(&p, &w, now), now + 90);
+        assert_eq!(
+            tried_until(
+                &p,
+                &Window {
+                    skew: 0,
+                    max_attempts: 5
+                },
+                now
+            ),
+            now + 60
+        );
     }
 
     #[test]

@@ -91,7 +91,22 @@ pub fn normalize(mut req: Request) -> Request {
         return req;
     }
     let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
-    let query = match (req.uri().query().filter(|q| !q.is_empty()), list) {
+    // A LIST that also says `?list=...` is a list all the same: one `list` parameter.
+    let kept;
+    let query = if list {
+        kept = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty() && p.split('=').next() != Some("list"))
+            .collect::<Vec<_>>()
+            .join("&");
+        Some(kept.as_str())
+    } else {
+        req.uri().query()
+    };
+    let query = match (query.filter(|q| !q.is_empty()), list) {
         (Some(q), true) => format!("?{q}&list=true"),
         (None, true) => "?list=true".to_string(),
         (Some(q), false) => format!("?{q}"),
@@ -235,6 +250,10 @@ mod tests {
         );
         assert_eq!(
             norm("LIST", "/v1/a/?x=1"),
+            ("GET".into(), "/v1/a?x=1&list=true".into())
+        );
+        assert_eq!(
+            norm("LIST", "/v1/a/?list=true&x=1"),
             ("GET".into(), "/v1/a?x=1&list=true".into())
         );
         assert_eq!(

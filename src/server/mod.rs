@@ -52,7 +52,10 @@ pub async fn daemon(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     // Checked before anything is created: a bad mount is a configuration error.
-    let mounts = api::nitride::Mounts::new(&cfg.mounts).map_err(ServerError::Config)?;
+    let mounts = api::mounts::Mounts::new(&api::nitride::MOUNTS, &cfg.mounts)
+        .map_err(ServerError::Config)?;
+    let engine_mounts = api::mounts::Mounts::new(&api::vault_totp::MOUNTS, &cfg.totp_mounts)
+        .map_err(ServerError::Config)?;
     prepare_dirs(&cfg)?;
     let (store, created) = match &cfg.postgres {
         Some(url) => open_postgres(&cfg, url).await?,
@@ -66,6 +69,7 @@ pub async fn daemon(
         // The audit file opens before anything listens: a wrong path stops the start.
         let state = AppState::new(store.clone())
             .with_mounts(mounts)
+            .with_engine_mounts(engine_mounts)
             .with_login(cfg.login.clone())
             .with_tokens(cfg.tokens)
             .with_audit(&cfg.audit)
@@ -73,6 +77,7 @@ pub async fn daemon(
         let audit = state.audit.clone();
         let listeners = bind(&cfg, inherited).await?;
         tracing::info!(mounts = ?state.mounts.names(), "policy token mounts");
+        tracing::info!(mounts = ?state.engine_mounts.names(), "TOTP engine mounts");
         api::sys::keys::resume(store.as_ref()).await;
         let metrics = state.metrics.clone();
         let app = http::app(state, nix::unistd::getuid().as_raw());

@@ -73,6 +73,8 @@ pub enum Thing {
     AgentSecret,
     #[error("policy")]
     Policy,
+    #[error("TOTP engine key")]
+    EngineKey,
 }
 
 /// Why a write was refused as conflicting.
@@ -549,6 +551,87 @@ pub trait AgentStore {
     ) -> Result<Option<(Vec<u8>, Params)>, StoreError>;
 }
 
+/// A key of Vault's TOTP secrets engine, as `read` shows it (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineKeyInfo {
+    /// The engine's mount (`totp`, or one configured): each holds its own keys.
+    pub mount: String,
+    pub name: String,
+    pub issuer: String,
+    pub account_name: String,
+    pub params: Params,
+    /// Steps accepted either side of the current one (0 or 1).
+    pub skew: u32,
+    pub created_at: i64,
+}
+
+impl EngineKeyInfo {
+    /// The verification policy of an engine key: its skew, and totpd's default limit
+    /// of failures (Vault's engine has none; a lock does not change its answers).
+    pub fn window(&self) -> otp::Window {
+        otp::Window {
+            skew: self.skew,
+            max_attempts: otp::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// What [`EngineStore::check_and_record_engine_code`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineCheck {
+    /// The code was tried at this key before, while a step it could match is still in
+    /// the window: refused as used, as Vault's engine does, and nothing changed.
+    Repeat,
+    /// A fresh attempt, verified and recorded as on every surface (window, replay,
+    /// failures, lock), and the code remembered as tried.
+    Checked(otp::Outcome),
+}
+
+/// Keys of Vault's TOTP secrets engine, in mounts: Vault's keys belong to the mount,
+/// not to an entity (who may use which key is the ACL's business).
+#[async_trait]
+pub trait EngineStore {
+    /// Stores a key under (mount, name). A key already there is replaced, as Vault's
+    /// engine overwrites it: the old secret, its replay record and its tried codes go,
+    /// in the same transaction. Atomic against every concurrent call: a name holds one
+    /// key, never two and never none.
+    async fn put_engine_key(&self, info: &EngineKeyInfo, secret: &[u8]) -> Result<(), StoreError>;
+    async fn get_engine_key(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<EngineKeyInfo>, StoreError>;
+    /// The key with its secret opened, for a code.
+    async fn open_engine_key(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<(EngineKeyInfo, Vec<u8>)>, StoreError>;
+    /// The mount's key names, in byte order (as Vault lists them).
+    async fn list_engine_keys(&self, mount: &str) -> Result<Vec<String>, StoreError>;
+    /// Deletes the key with its secret and records; false if there was none.
+    async fn delete_engine_key(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    /// Checks `code` for the key with [`otp::verify_untried`]: a code tried before (and
+    /// still remembered) is a [`EngineCheck::Repeat`]; any other is verified, its state
+    /// recorded and the code remembered as tried, all in one write. Atomic against
+    /// every concurrent call: of any number of calls with one right code exactly one is
+    /// accepted, and no failure goes uncounted. `NotFound(EngineKey)`.
+    async fn check_and_record_engine_code(
+        &self,
+        mount: &str,
+        name: &str,
+        code: &str,
+        now: i64,
+    ) -> Result<EngineCheck, StoreError>;
+    /// An operator's unlock: clears the key's lock and failure count; its replay record
+    /// and tried codes stay. Returns the lock state it cleared. `NotFound(EngineKey)`.
+    async fn unlock_engine_key(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<otp::LockState, StoreError>;
+}
+
 /// The writer's load, as `sys/status` and the metrics show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -964,6 +1047,28 @@ pub struct TempTokenRow {
     pub used_at: Option<i64>,
 }
 
+/// An `engine_keys` row: a key of Vault's TOTP secrets engine (its seed is the
+/// `otp_secrets` row `secret_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineKeyRow {
+    pub mount: String,
+    pub name: String,
+    pub secret_id: String,
+    pub issuer: String,
+    pub account_name: String,
+    pub skew: i64,
+    pub created_at: i64,
+}
+
+/// An `engine_tried_codes` row: a code tried at an engine key, remembered until no step
+/// it could match is in the window any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriedCodeRow {
+    pub secret_id: String,
+    pub code: String,
+    pub expires_at: i64,
+}
+
 /// Every row of a store, whatever its backend, as [`MigrateStore`] moves it: each table
 /// in its primary key's order (byte order), except `user_devices`, in the order the
 /// devices were made (a user's devices are listed and checked in that order). Sealed
@@ -982,6 +1087,8 @@ pub struct StoreDump {
     pub user_locks: Vec<UserLockRow>,
     pub recovery_codes: Vec<RecoveryCodeRow>,
     pub temp_tokens: Vec<TempTokenRow>,
+    pub engine_keys: Vec<EngineKeyRow>,
+    pub engine_tried_codes: Vec<TriedCodeRow>,
 }
 
 impl StoreDump {
@@ -991,6 +1098,8 @@ impl StoreDump {
         let n = |v: usize| v as u64;
         vec![
             ("agent_secrets", n(self.agent_secrets.len())),
+            ("engine_keys", n(self.engine_keys.len())),
+            ("engine_tried_codes", n(self.engine_tried_codes.len())),
             ("meta", n(self.meta.len())),
             ("mfa_methods", n(self.mfa_methods.len())),
             ("mfa_secrets", n(self.mfa_secrets.len())),
@@ -1020,6 +1129,11 @@ impl StoreDump {
             }
         };
         check("agent_secrets", self.agent_secrets == other.agent_secrets);
+        check("engine_keys", self.engine_keys == other.engine_keys);
+        check(
+            "engine_tried_codes",
+            self.engine_tried_codes == other.engine_tried_codes,
+        );
         check("meta", self.meta == other.meta);
         check("mfa_methods", self.mfa_methods == other.mfa_methods);
         check("mfa_secrets", self.mfa_secrets == other.mfa_secrets);
@@ -1075,6 +1189,7 @@ pub trait Store:
     + PolicyTokenStore
     + MfaStore
     + AgentStore
+    + EngineStore
     + UserTotpStore
     + OpsStore
     + KeyStore
@@ -1101,6 +1216,27 @@ pub trait Store:
     }
 }
 
+/// The counters behind [`Store::lockouts`], one per area, that a backend bumps once a
+/// write that began a lock has committed.
+#[derive(Debug, Default)]
+pub struct LockCounts {
+    pub vault_mfa: std::sync::atomic::AtomicU64,
+    pub user_totp: std::sync::atomic::AtomicU64,
+    pub vault_totp: std::sync::atomic::AtomicU64,
+}
+
+impl LockCounts {
+    /// The counts now.
+    pub fn snapshot(&self) -> Lockouts {
+        use std::sync::atomic::Ordering::Relaxed;
+        Lockouts {
+            vault_mfa: self.vault_mfa.load(Relaxed),
+            user_totp: self.user_totp.load(Relaxed),
+            vault_totp: self.vault_totp.load(Relaxed),
+        }
+    }
+}
+
 /// Locks begun since a store was opened (see [`Store::lockouts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lockouts {
@@ -1108,4 +1244,6 @@ pub struct Lockouts {
     pub vault_mfa: u64,
     /// Users of the login step (`verify`, `activate`, confirmations, recovery codes).
     pub user_totp: u64,
+    /// Keys of Vault's TOTP secrets engine (`code/<name>` validations).
+    pub vault_totp: u64,
 }

@@ -94,8 +94,18 @@ impl TestApp {
     /// Serves these Nitride mounts besides `ratls` from now on.
     pub fn set_mounts(&mut self, extra: &[&str]) {
         let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
-        let mounts = totpd::api::nitride::Mounts::new(&extra).expect("valid mounts");
+        let mounts = totpd::api::mounts::Mounts::new(&totpd::api::nitride::MOUNTS, &extra)
+            .expect("valid mounts");
         self.state = self.state.clone().with_mounts(mounts);
+        self.app = app(self.state.clone(), DAEMON_UID);
+    }
+
+    /// Serves these TOTP engine mounts besides `totp` from now on.
+    pub fn set_engine_mounts(&mut self, extra: &[&str]) {
+        let extra: Vec<String> = extra.iter().map(|m| m.to_string()).collect();
+        let mounts = totpd::api::mounts::Mounts::new(&totpd::api::vault_totp::MOUNTS, &extra)
+            .expect("valid mounts");
+        self.state = self.state.clone().with_engine_mounts(mounts);
         self.app = app(self.state.clone(), DAEMON_UID);
     }
 
@@ -172,9 +182,11 @@ impl TestApp {
         self.store.close();
         self.store = open(&self.backend).await;
         let mounts = (*self.state.mounts).clone();
+        let engine_mounts = (*self.state.engine_mounts).clone();
         let login = (*self.state.login).clone();
         self.state = AppState::new(self.store.clone())
             .with_mounts(mounts)
+            .with_engine_mounts(engine_mounts)
             .with_login(login);
         self.app = app(self.state.clone(), DAEMON_UID);
     }

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """hvac (the Python Vault client) against totpd and, when given, OpenBao.
 
-The same scenario runs on every target through hvac's own calls, and every call asserts
+The same scenario runs on every target through hvac's own calls (for Vault's TOTP
+secrets engine, hvac's generic read/write_data/list/delete, following the engine's API
+documentation: generate, import by key and by url, read, list, codes, validation, delete),
+and every call asserts
 on its answer. Each HTTP exchange hvac makes is recorded (method, path, status and the
 *shape* of the body: key sets and JSON types, not values), and the shapes of the targets
 are compared step by step. A difference is either listed in KNOWN below with the reason
@@ -17,6 +20,7 @@ difference is explained; 1 otherwise. --strict also fails on TO_FIX entries.
 """
 
 import argparse
+import base64
 import fnmatch
 import json
 import os
@@ -88,6 +92,12 @@ KNOWN = [
         "HashiCorp Vault's own API documentation shows method reads with "
         "'namespace': \"\" beside namespace_id and namespace_path; totpd answers as "
         "those documents do, and OpenBao leaves the field out",
+    ),
+    (
+        "totp: read code*",
+        "body.data: keys only in totpd: expires_in",
+        "totpd's own addition to the engine's code read, as on its agent surface: the "
+        "seconds the code has left (expire_time - generated, without the client's clock)",
     ),
 ]
 
@@ -657,6 +667,128 @@ def scenario(t: Target, sfx: str):
     t.step("mfa: admin-destroy", mfa_admin_destroy)
     t.step("mfa: update method", mfa_update)
     t.step("mfa: delete method", mfa_delete)
+
+    # ----- Vault's TOTP secrets engine, through hvac's generic read/write/list/delete,
+    # following the engine's API documentation call by call -----
+    totp_gen, totp_key, totp_url = f"gen-{sfx}", f"imp-{sfx}", f"url-{sfx}"
+    imported_b32 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+
+    def totp_enable():
+        # OpenBao mounts the engine on request; totpd serves `totp` from the start.
+        if is_bao:
+            root.sys.enable_secrets_engine("totp", path="totp")
+
+    def totp_list_empty():
+        check(root.list("totp/keys") is None, "no keys yet: 404, None")
+
+    def totp_generate():
+        r = root.write_data(
+            f"totp/keys/{totp_gen}",
+            data={"generate": True, "issuer": "Vault", "account_name": "test@example.com"},
+        )
+        d = r["data"]
+        check(set(d) == {"barcode", "url"}, "barcode and url", sorted(d))
+        totp = pyotp.parse_uri(d["url"])
+        check(totp.issuer == "Vault" and totp.name == "test@example.com", "label", d["url"])
+        check(len(base64.b64decode(d["barcode"])) > 100, "a PNG barcode")
+        check(base64.b64decode(d["barcode"])[:8] == b"\x89PNG\r\n\x1a\n", "PNG signature")
+        st["totp_gen"] = d["url"]
+
+    def totp_import_key():
+        r = root.write_data(
+            f"totp/keys/{totp_key}",
+            data={"key": imported_b32, "issuer": "Vault", "account_name": "bob"},
+        )
+        check(r.status_code == 204, "import: 204", r.status_code)
+
+    def totp_import_url():
+        u = (
+            f"otpauth://totp/Acme:carol?secret={imported_b32}&issuer=Acme"
+            "&period=60&digits=8&algorithm=SHA256"
+        )
+        r = root.write_data(f"totp/keys/{totp_url}", data={"url": u})
+        check(r.status_code == 204, "import by url: 204", r.status_code)
+
+    def totp_read():
+        d = root.read(f"totp/keys/{totp_url}")["data"]
+        want = {"account_name": "carol", "algorithm": "SHA256", "digits": 8,
+                "issuer": "Acme", "period": 60}
+        check(d == want, "read", d)
+
+    def totp_read_missing():
+        check(root.read(f"totp/keys/missing-{sfx}") is None, "missing key: 404, None")
+
+    def totp_list():
+        keys = root.list("totp/keys")["data"]["keys"]
+        check(keys == sorted([totp_gen, totp_key, totp_url]), "list, byte order", keys)
+
+    def totp_code():
+        totp, _ = fresh_code(st["totp_gen"])
+        d = root.read(f"totp/code/{totp_gen}")["data"]
+        check(d["code"] == totp.now(), "the code an independent TOTP computes", d)
+        check(d["period"] == "30s", "period as a duration", d["period"])
+        check(d["expire_time"] - d["generated"] <= 30, "expires within the period", d)
+
+    def totp_validate_right():
+        totp, code = fresh_code(st["totp_gen"])
+        st["totp_code"] = code
+        d = root.write_data(f"totp/code/{totp_gen}", data={"code": code})["data"]
+        check(d == {"valid": True}, "a right code is valid", d)
+
+    def totp_validate_again():
+        e = expect_error(
+            hx.InvalidRequest, root.write_data, f"totp/code/{totp_gen}",
+            data={"code": st["totp_code"]},
+        )
+        check("code already used" in str(e), "refused as used", str(e))
+
+    def totp_validate_wrong():
+        totp = pyotp.parse_uri(st["totp_gen"])
+        right = {totp.at(time.time() + k * 30) for k in (-1, 0, 1)}
+        st["totp_wrong"] = next(c for c in ("000000", "111111", "222222") if c not in right)
+        d = root.write_data(f"totp/code/{totp_gen}", data={"code": st["totp_wrong"]})["data"]
+        check(d == {"valid": False}, "a wrong code is not valid", d)
+
+    def totp_validate_wrong_again():
+        e = expect_error(
+            hx.InvalidRequest, root.write_data, f"totp/code/{totp_gen}",
+            data={"code": st["totp_wrong"]},
+        )
+        check("code already used" in str(e), "a wrong code tried twice is used", str(e))
+
+    def totp_validate_malformed():
+        e = expect_error(
+            hx.InvalidRequest, root.write_data, f"totp/code/{totp_gen}", data={"code": "12345"}
+        )
+        check("invalid number of digits" in str(e), "wrong length", str(e))
+
+    def totp_delete():
+        for n in (totp_gen, totp_key, totp_url):
+            # hvac answers a 204 with None; the recorded exchange keeps the status.
+            root.delete(f"totp/keys/{n}")
+            check(t.rec.steps["totp: delete keys"][-1]["status"] == 204, f"delete {n}: 204")
+        check(root.list("totp/keys") is None, "no keys left: 404, None")
+
+    def totp_code_deleted():
+        e = expect_error(hx.InvalidRequest, root.read, f"totp/code/{totp_gen}")
+        check(f"unknown key: {totp_gen}" in str(e), "unknown key", str(e))
+
+    t.step("setup: totp engine", totp_enable)
+    t.step("totp: list empty", totp_list_empty)
+    t.step("totp: generate (exported)", totp_generate)
+    t.step("totp: import by key", totp_import_key)
+    t.step("totp: import by url", totp_import_url)
+    t.step("totp: read key", totp_read)
+    t.step("totp: read missing", totp_read_missing)
+    t.step("totp: list keys", totp_list)
+    t.step("totp: read code", totp_code)
+    t.step("totp: validate right code", totp_validate_right)
+    t.step("totp: validate the same code again", totp_validate_again)
+    t.step("totp: validate a wrong code", totp_validate_wrong)
+    t.step("totp: validate the wrong code again", totp_validate_wrong_again)
+    t.step("totp: validate a malformed code", totp_validate_malformed)
+    t.step("totp: delete keys", totp_delete)
+    t.step("totp: read code of a deleted key", totp_code_deleted)
 
     def pol_delete():
         for n in (hcl_name, json_name, self_name):

@@ -26,9 +26,9 @@ use super::mfa::{exec, int, params_of_row, rows};
 use super::transfer::{method_of, METHOD_COLS};
 use super::{col, ops::TABLES, token_row, PgStore, TOKEN_COLS};
 use crate::store::{
-    not_empty, AgentSecretRow, MetaRow, MfaSecretRow, MigrateStore, PolicyRow, PolicyTokenRecord,
-    RecoveryCodeRow, SealedSecretRow, StoreDump, StoreError, TempTokenRow, UserDeviceRow,
-    UserLockRow, META_KEY_CHECK,
+    not_empty, AgentSecretRow, EngineKeyRow, MetaRow, MfaSecretRow, MigrateStore, PolicyRow,
+    PolicyTokenRecord, RecoveryCodeRow, SealedSecretRow, StoreDump, StoreError, TempTokenRow,
+    TriedCodeRow, UserDeviceRow, UserLockRow, META_KEY_CHECK,
 };
 
 /// Rows per insert statement.
@@ -292,6 +292,44 @@ async fn dump(tx: &Transaction<'_>) -> Result<StoreDump, StoreError> {
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
+    // Migration 3's columns take the database's collation: byte order asked for here.
+    let engine_keys = rows(
+        tx,
+        "SELECT mount, name, secret_id, issuer, account_name, skew, created_at FROM engine_keys
+         ORDER BY mount COLLATE \"C\", name COLLATE \"C\"",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let skew: i32 = col(r, 5)?;
+        Ok(EngineKeyRow {
+            mount: col(r, 0)?,
+            name: col(r, 1)?,
+            secret_id: col(r, 2)?,
+            issuer: col(r, 3)?,
+            account_name: col(r, 4)?,
+            skew: skew.into(),
+            created_at: col(r, 6)?,
+        })
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    let engine_tried_codes = rows(
+        tx,
+        "SELECT secret_id, code, expires_at FROM engine_tried_codes
+         ORDER BY secret_id COLLATE \"C\", code COLLATE \"C\"",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(TriedCodeRow {
+            secret_id: col(r, 0)?,
+            code: col(r, 1)?,
+            expires_at: col(r, 2)?,
+        })
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(StoreDump {
         meta,
         policies,
@@ -305,6 +343,8 @@ async fn dump(tx: &Transaction<'_>) -> Result<StoreDump, StoreError> {
         user_locks,
         recovery_codes,
         temp_tokens,
+        engine_keys,
+        engine_tried_codes,
     })
 }
 
@@ -633,6 +673,53 @@ async fn load(tx: &Transaction<'_>, d: &StoreDump) -> Result<(), StoreError> {
                 &part.iter().map(|t| t.created_at).collect::<Vec<_>>(),
                 &part.iter().map(|t| t.expires_at).collect::<Vec<_>>(),
                 &part.iter().map(|t| t.used_at).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+    }
+
+    for part in d.engine_keys.chunks(CHUNK) {
+        let skews = part
+            .iter()
+            .map(|k| int4("skew", k.skew))
+            .collect::<Result<Vec<_>, _>>()?;
+        exec(
+            tx,
+            "INSERT INTO engine_keys (mount, name, secret_id, issuer, account_name, skew,
+                                      created_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int4[], $7::int8[])",
+            &[
+                &part.iter().map(|k| k.mount.as_str()).collect::<Vec<_>>(),
+                &part.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+                &part
+                    .iter()
+                    .map(|k| k.secret_id.as_str())
+                    .collect::<Vec<_>>(),
+                &part.iter().map(|k| k.issuer.as_str()).collect::<Vec<_>>(),
+                &part
+                    .iter()
+                    .map(|k| k.account_name.as_str())
+                    .collect::<Vec<_>>(),
+                &skews,
+                &part.iter().map(|k| k.created_at).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+    }
+
+    for part in d.engine_tried_codes.chunks(CHUNK) {
+        exec(
+            tx,
+            "INSERT INTO engine_tried_codes (secret_id, code, expires_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])",
+            &[
+                &part
+                    .iter()
+                    .map(|t| t.secret_id.as_str())
+                    .collect::<Vec<_>>(),
+                &part.iter().map(|t| t.code.as_str()).collect::<Vec<_>>(),
+                &part.iter().map(|t| t.expires_at).collect::<Vec<_>>(),
             ],
         )
         .await?;

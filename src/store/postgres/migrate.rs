@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/postgres/0002_user_device_order.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_engine_keys.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

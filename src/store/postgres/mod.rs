@@ -52,6 +52,7 @@
 
 mod agent;
 mod dump;
+mod engine;
 mod mfa;
 mod migrate;
 mod ops;
@@ -72,7 +73,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::Row;
 
-use super::{Clash, PolicyStore, Sealer, StoreError, TokenRecord, TokenStore};
+use super::{Clash, LockCounts, PolicyStore, Sealer, StoreError, TokenRecord, TokenStore};
 
 pub use migrate::schema_version;
 
@@ -201,13 +202,6 @@ pub struct PgStore {
     lockouts: LockCounts,
 }
 
-/// Locks begun since the store was opened, by area.
-#[derive(Default)]
-struct LockCounts {
-    vault_mfa: std::sync::atomic::AtomicU64,
-    user_totp: std::sync::atomic::AtomicU64,
-}
-
 /// The result of opening: the store, and whether the database was created just now.
 pub struct Opened {
     pub store: Arc<PgStore>,
@@ -306,11 +300,7 @@ impl PgStore {
     /// each daemon counts the locks its own calls began, so the sum over the daemons
     /// is the total.
     pub fn lockouts(&self) -> super::Lockouts {
-        use std::sync::atomic::Ordering::Relaxed;
-        super::Lockouts {
-            vault_mfa: self.lockouts.vault_mfa.load(Relaxed),
-            user_totp: self.lockouts.user_totp.load(Relaxed),
-        }
+        self.lockouts.snapshot()
     }
 
     /// A connection from the pool: `Closed` after [`PgStore::close`], `Unavailable`

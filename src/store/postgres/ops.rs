@@ -39,6 +39,8 @@ const LAST_BACKUP: &str = "last_backup";
 /// table adds it here; a test compares this list with the database's tables.
 pub(super) const TABLES: &[&str] = &[
     "agent_secrets",
+    "engine_keys",
+    "engine_tried_codes",
     "meta",
     "mfa_methods",
     "mfa_secrets",

@@ -15,15 +15,17 @@ use super::mfa::{insert_method, MethodRow, METHOD_COLS};
 use super::otp_secrets::params_of_row;
 use super::{token_row, SqliteStore};
 use crate::store::{
-    not_empty, AgentSecretRow, MetaRow, MfaSecretRow, MigrateStore, PolicyRow, PolicyTokenRecord,
-    RecoveryCodeRow, SealedSecretRow, StoreDump, StoreError, TempTokenRow, UserDeviceRow,
-    UserLockRow, META_KEY_CHECK,
+    not_empty, AgentSecretRow, EngineKeyRow, MetaRow, MfaSecretRow, MigrateStore, PolicyRow,
+    PolicyTokenRecord, RecoveryCodeRow, SealedSecretRow, StoreDump, StoreError, TempTokenRow,
+    TriedCodeRow, UserDeviceRow, UserLockRow, META_KEY_CHECK,
 };
 
 /// Every table of the schema, and the rows of it that make it "not empty" (an SQL
 /// condition): all of them, but the key check of `meta`.
 const TABLES: &[(&str, &str)] = &[
     ("agent_secrets", "1"),
+    ("engine_keys", "1"),
+    ("engine_tried_codes", "1"),
     ("meta", "key <> 'key_check'"),
     ("mfa_methods", "1"),
     ("mfa_secrets", "1"),
@@ -269,6 +271,33 @@ fn dump(c: &Connection) -> Result<StoreDump, StoreError> {
             })
         },
     )?;
+    let engine_keys = all(
+        c,
+        "SELECT mount, name, secret_id, issuer, account_name, skew, created_at FROM engine_keys
+         ORDER BY mount, name",
+        |r| {
+            Ok(EngineKeyRow {
+                mount: r.get(0)?,
+                name: r.get(1)?,
+                secret_id: r.get(2)?,
+                issuer: r.get(3)?,
+                account_name: r.get(4)?,
+                skew: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        },
+    )?;
+    let engine_tried_codes = all(
+        c,
+        "SELECT secret_id, code, expires_at FROM engine_tried_codes ORDER BY secret_id, code",
+        |r| {
+            Ok(TriedCodeRow {
+                secret_id: r.get(0)?,
+                code: r.get(1)?,
+                expires_at: r.get(2)?,
+            })
+        },
+    )?;
     Ok(StoreDump {
         meta,
         policies,
@@ -282,6 +311,8 @@ fn dump(c: &Connection) -> Result<StoreDump, StoreError> {
         user_locks,
         recovery_codes,
         temp_tokens,
+        engine_keys,
+        engine_tried_codes,
     })
 }
 
@@ -440,6 +471,27 @@ fn load(c: &Connection, d: &StoreDump) -> Result<(), StoreError> {
             t.expires_at,
             t.used_at
         ])?;
+    }
+    let mut stmt = c.prepare(
+        "INSERT INTO engine_keys (mount, name, secret_id, issuer, account_name, skew, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for k in &d.engine_keys {
+        stmt.execute(params![
+            k.mount,
+            k.name,
+            k.secret_id,
+            k.issuer,
+            k.account_name,
+            k.skew,
+            k.created_at
+        ])?;
+    }
+    let mut stmt = c.prepare(
+        "INSERT INTO engine_tried_codes (secret_id, code, expires_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for t in &d.engine_tried_codes {
+        stmt.execute(params![t.secret_id, t.code, t.expires_at])?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 mod agent;
 mod backup;
 mod dump;
+mod engine;
 mod export;
 mod mfa;
 mod migrate;
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 
 use super::seal::{KeySource, LoadedKey};
-use super::{Clash, PolicyStore, Sealer, Store, StoreError, TokenRecord, TokenStore};
+use super::{Clash, LockCounts, PolicyStore, Sealer, Store, StoreError, TokenRecord, TokenStore};
 use readers::Readers;
 use writer::Writer;
 
@@ -84,13 +85,6 @@ pub struct SqliteStore {
     me: std::sync::Weak<SqliteStore>,
     /// The key rotation's progress and the sealed values per key id.
     rotation: rotate::Rotation,
-}
-
-/// Locks begun since the store was opened, by area.
-#[derive(Default)]
-struct LockCounts {
-    vault_mfa: std::sync::atomic::AtomicU64,
-    user_totp: std::sync::atomic::AtomicU64,
 }
 
 /// The result of opening: the store, and whether the database was created just now.
@@ -197,11 +191,7 @@ impl Store for SqliteStore {
     }
 
     fn lockouts(&self) -> super::Lockouts {
-        use std::sync::atomic::Ordering::Relaxed;
-        super::Lockouts {
-            vault_mfa: self.lockouts.vault_mfa.load(Relaxed),
-            user_totp: self.lockouts.user_totp.load(Relaxed),
-        }
+        self.lockouts.snapshot()
     }
 }
 

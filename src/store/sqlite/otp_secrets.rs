@@ -46,13 +46,14 @@ pub(super) fn insert(
     Ok(())
 }
 
-struct Row {
-    sealed: Vec<u8>,
-    params: Params,
-    state: VerifyState,
+/// A secret row, still sealed, with its verification state.
+pub(super) struct Row {
+    pub sealed: Vec<u8>,
+    pub params: Params,
+    pub state: VerifyState,
 }
 
-fn load(c: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
+pub(super) fn load(c: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
     let row = c
         .query_row(
             "SELECT sealed, algorithm, digits, period, last_step, failures, locked_until
@@ -139,15 +140,33 @@ pub(super) fn check_and_record(
     };
     let secret = sealer.open(&aad(id), &row.sealed)?;
     let (outcome, state) = otp::verify(&secret, &row.params, window, code, now, row.state);
-    // Written on every attempt, even one refused while locked: a refusal that skipped the
-    // write (and its fsync) would answer faster and tell the caller the secret is locked.
-    c.execute(
+    let began = save_state(c, id, &row.state, &state, now)?;
+    Ok(Some((outcome, began)))
+}
+
+/// Writes the state after an attempt at `now`, and says whether the attempt began a
+/// lock (`before` is the state it started from). Written on every attempt, even one
+/// refused while locked: a refusal that skipped the write (and its fsync) would answer
+/// faster and tell the caller the secret is locked.
+pub(super) fn save_state(
+    c: &Connection,
+    id: &str,
+    before: &VerifyState,
+    state: &VerifyState,
+    now: i64,
+) -> Result<bool, StoreError> {
+    c.prepare_cached(
         "UPDATE otp_secrets SET last_step = ?2, failures = ?3, locked_until = ?4, last_attempt = ?5
          WHERE id = ?1",
-        params![id, state.last_step, state.failures, state.locked_until, now],
-    )?;
-    let began = state.locked_until.is_some() && state.locked_until != row.state.locked_until;
-    Ok(Some((outcome, began)))
+    )?
+    .execute(params![
+        id,
+        state.last_step,
+        state.failures,
+        state.locked_until,
+        now
+    ])?;
+    Ok(state.locked_until.is_some() && state.locked_until != before.locked_until)
 }
 
 /// Clears the lock and failure count of a secret; returns what it cleared, or `None`

@@ -81,6 +81,9 @@ enum Command {
     /// Users of the login step: unlock a locked user.
     #[command(subcommand)]
     User(cli::unlock::UserCmd),
+    /// Keys of Vault's TOTP secrets engine: unlock a locked key.
+    #[command(subcommand)]
+    Totp(cli::unlock::TotpCmd),
     /// Write a consistent copy of the database to PATH while the daemon runs (needs
     /// sudo on sys/backup: root over the socket has it); with --data-dir, copy the file
     /// itself while the daemon is stopped. PATH is written 0600, whole or not at all.
@@ -240,6 +243,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => run_client(cli::migrate::migrate(args, quiet)),
         Command::Mfa(cmd) => run_client(cli::unlock::mfa(client(), cmd, quiet)),
         Command::User(cmd) => run_client(cli::unlock::user(client(), cmd, quiet)),
+        Command::Totp(cmd) => run_client(cli::unlock::totp(client(), cmd, quiet)),
     }
 }
 

@@ -950,3 +950,129 @@ async fn user_unlock_needs_sudo_and_lets_the_right_code_in_at_once() {
     let counts = totpd::store::Store::lockouts(app.store.as_ref());
     assert_eq!(counts.user_totp, 1);
 }
+
+/// Vault's TOTP engine under the real binary: every decision audited (the key and the
+/// outcome, never a code or a key), a lock lifted by `totpd totp unlock`, and neither
+/// the audit file nor the daemon's log holding a key or a code.
+#[tokio::test]
+async fn engine_keys_audited_unlocked_by_the_cli_and_never_logged() {
+    let (d, audit, _dir) = daemon_with_audit(&[]);
+    let r = d
+        .req(
+            "POST",
+            "/v1/totp/keys/ci-deploy",
+            Some(json!({"generate": true, "issuer": "CI", "account_name": "deploy", "skew": 0})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let u = parse_otp_url(r.json["data"]["url"].as_str().unwrap());
+    let imported = common::seed(20);
+    let r = d
+        .req(
+            "POST",
+            "/v1/totp/keys/other",
+            Some(json!({"key": imported})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    common::fresh_step(30, 8).await;
+    let now = unix_now();
+    let right = reference_totp(&u.secret, "SHA1", 6, 30, now);
+    let step = now / 30;
+    let wrongs: Vec<String> = (0..10u32)
+        .map(|k| k.to_string().repeat(6))
+        .filter(|c| *c != right)
+        .take(5)
+        .collect();
+    let validate = |code: String| {
+        let d = &d;
+        async move {
+            d.req(
+                "POST",
+                "/v1/totp/code/ci-deploy",
+                Some(json!({ "code": code })),
+                None,
+            )
+            .await
+        }
+    };
+    let shown = d.req("GET", "/v1/totp/code/ci-deploy", None, None).await;
+    assert_eq!(shown.json["data"]["code"], right.as_str());
+    for w in &wrongs {
+        assert_eq!(validate(w.clone()).await.json["data"]["valid"], false);
+    }
+    let r = validate(right.clone()).await;
+    assert_eq!(
+        (r.status, &r.json["data"]["valid"]),
+        (200, &json!(false)),
+        "locked"
+    );
+    let out = run_cli(&d, &["totp", "unlock", "ci-deploy"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Success! Unlocked key ci-deploy of mount totp (it was locked)"),
+        "{said}"
+    );
+    let out = run_cli(&d, &["totp", "unlock", "ci-deploy", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({"was_locked": false, "failures": 0}));
+    let missing = d.cli().args(["totp", "unlock", "nope"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        "totpd: unknown key: nope"
+    );
+    assert_eq!(
+        unix_now() / 30,
+        step,
+        "still the same step (fresh_step left 8 s)"
+    );
+    assert_eq!(validate(right.clone()).await.json["data"]["valid"], true);
+    assert_eq!(validate(right.clone()).await.status, 400, "used");
+    let r = d.req("DELETE", "/v1/totp/keys/other", None, None).await;
+    assert_eq!(r.status, 204);
+
+    eventually("the engine's audit lines", || {
+        decisions(&audit)
+            .iter()
+            .filter(|l| l["action"].as_str().unwrap_or("").starts_with("totp."))
+            .count()
+            >= 12
+    })
+    .await;
+    let lines: Vec<Value> = decisions(&audit)
+        .into_iter()
+        .filter(|l| l["action"].as_str().unwrap_or("").starts_with("totp."))
+        .collect();
+    let s = |a: &str, r: &str, why: &str| (a.to_string(), r.to_string(), why.to_string());
+    let mut want = vec![
+        s("totp.key.create", "ok", "ok"),
+        s("totp.key.create", "ok", "ok"),
+    ];
+    want.extend((0..5).map(|_| s("totp.validate", "refused", "invalid")));
+    want.push(s("totp.validate", "refused", "locked"));
+    want.push(s("totp.unlock", "ok", "ok"));
+    want.push(s("totp.unlock", "ok", "not_locked"));
+    want.push(s("totp.validate", "ok", "ok"));
+    want.push(s("totp.validate", "refused", "repeat"));
+    want.push(s("totp.key.delete", "ok", "ok"));
+    assert_eq!(summary(&lines), want);
+    assert_eq!(
+        lines[0]["object"],
+        json!({"mount": "totp", "name": "ci-deploy"})
+    );
+
+    let log = d.stderr();
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    for (name, text) in [("the daemon's log", &log), ("the audit file", &audit_text)] {
+        for secret in [u.secret_b32.as_str(), imported.as_str()] {
+            assert!(!text.contains(secret), "{name} holds a key");
+        }
+        for code in wrongs.iter().chain([&right]) {
+            assert!(!has_code(text, code), "{name} holds the code {code}");
+        }
+    }
+}

@@ -24,6 +24,8 @@ const FILLER: usize = 2000;
 /// MFA entities validated during the rotation, and agent secrets read.
 const ENTITIES: usize = 12;
 const AGENTS: usize = 8;
+/// Keys of Vault's TOTP engine whose codes are read during the rotation.
+const ENGINE_KEYS: usize = 4;
 
 /// What the load validates and reads: an MFA method with enrolled entities, and agent
 /// secrets, each with its seed as the test knows it.
@@ -31,6 +33,8 @@ struct Load {
     method_id: String,
     entities: Vec<(String, Vec<u8>)>,
     agents: Vec<(String, Vec<u8>)>,
+    /// TOTP engine keys: name and secret.
+    engine: Vec<(String, Vec<u8>)>,
 }
 
 async fn make_load(d: &Daemon) -> Load {
@@ -64,10 +68,25 @@ async fn make_load(d: &Daemon) -> Load {
         let s = seed(20);
         agents.push((agent_secret(d, &s, &format!("load-{i}")).await, raw(&s)));
     }
+    let mut engine = Vec::new();
+    for i in 0..ENGINE_KEYS {
+        let (name, s) = (format!("engine-{i}"), seed(20));
+        let r = d
+            .req(
+                "POST",
+                &format!("/v1/totp/keys/{name}"),
+                Some(json!({ "key": s })),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text);
+        engine.push((name, raw(&s)));
+    }
     Load {
         method_id,
         entities,
         agents,
+        engine,
     }
 }
 
@@ -190,15 +209,29 @@ fn open_every_value(d: &Daemon, ring: &KeyRing) -> usize {
 
 /// An agent secret's code from the daemon matches the reference at the time of asking.
 async fn agent_code_matches(d: &Daemon, id: &str, secret: &[u8]) -> Result<(), String> {
+    code_matches(d, &format!("/api/v2/totp/code/{id}"), "/code", secret).await
+}
+
+/// A TOTP engine key's code from the daemon matches the reference.
+async fn engine_code_matches(d: &Daemon, name: &str, secret: &[u8]) -> Result<(), String> {
+    code_matches(d, &format!("/v1/totp/code/{name}"), "/data/code", secret).await
+}
+
+/// The code at `path` (at the JSON pointer `at` of the answer) matches the reference at
+/// the time of asking.
+async fn code_matches(d: &Daemon, path: &str, at: &str, secret: &[u8]) -> Result<(), String> {
+    let id = path;
     let before = unix_now();
-    let r = d
-        .req("GET", &format!("/api/v2/totp/code/{id}"), None, None)
-        .await;
+    let r = d.req("GET", path, None, None).await;
     let after = unix_now();
     if r.status != 200 {
         return Err(format!("code {id}: HTTP {}: {}", r.status, r.text));
     }
-    let code = r.json["code"].as_str().unwrap_or_default();
+    let code = r
+        .json
+        .pointer(at)
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let expected: Vec<String> = [before, after]
         .iter()
         .map(|t| reference_totp(secret, "SHA1", 6, 30, *t))
@@ -241,14 +274,14 @@ async fn prepared() -> (Daemon, Load, KeyRing) {
     assert_eq!((ring.current(), ring.ids()), (2, vec![1, 2]));
     assert_eq!(
         key_ids_in_db(&d),
-        BTreeMap::from([(1, (1 + ENTITIES + AGENTS + FILLER) as i64)])
+        BTreeMap::from([(1, (1 + ENTITIES + AGENTS + ENGINE_KEYS + FILLER) as i64)])
     );
     (d, load, ring)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_under_a_validation_load_fails_no_request_and_leaves_no_old_key_id() {
-    let total = (1 + ENTITIES + AGENTS + FILLER) as u64;
+    let total = (1 + ENTITIES + AGENTS + ENGINE_KEYS + FILLER) as u64;
     let (mut d, load, _ring) = prepared().await;
     // Slow, so the load meets it half way: 25 values a batch, 30 ms apart (about 3 s).
     // The restart resumes it at once; there is room left in this step for one
@@ -276,7 +309,12 @@ async fn a_rotation_under_a_validation_load_fails_no_request_and_leaves_no_old_k
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
                 let (id, secret) = &load.agents[i % load.agents.len()];
-                match agent_code_matches(&d, id, secret).await {
+                let (name, key) = &load.engine[i % load.engine.len()];
+                let read = match agent_code_matches(&d, id, secret).await {
+                    Ok(()) => engine_code_matches(&d, name, key).await,
+                    e => e,
+                };
+                match read {
                     Ok(()) => {
                         served.fetch_add(1, Ordering::Relaxed);
                     }
@@ -400,6 +438,9 @@ async fn a_rotation_under_a_validation_load_fails_no_request_and_leaves_no_old_k
     for (id, secret) in &load.agents {
         agent_code_matches(&d, id, secret).await.unwrap();
     }
+    for (name, key) in &load.engine {
+        engine_code_matches(&d, name, key).await.unwrap();
+    }
     // Each entity was validated in this step; its next step's code is good (skew 1).
     let t = unix_now() + 30;
     for i in 0..ENTITIES {
@@ -412,7 +453,7 @@ async fn a_rotation_under_a_validation_load_fails_no_request_and_leaves_no_old_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_half_way_leaves_every_value_readable_and_a_restart_finishes_the_rotation() {
-    let total = (1 + ENTITIES + AGENTS + FILLER) as i64;
+    let total = (1 + ENTITIES + AGENTS + ENGINE_KEYS + FILLER) as i64;
     let (mut d, load, ring) = prepared().await;
     // Very slow: 10 values a batch, 50 ms apart (over 10 s).
     d.extra = vec![

@@ -1,7 +1,8 @@
-//! `totpd mfa unlock` and `totpd user unlock`: an operator clears a lockout, so the
-//! right code gets in at once instead of after the lock's period. Over the socket, with
-//! sudo on the route (`identity/mfa/method/totp/admin-unlock`, `api/v1/auth/totp/unlock`):
-//! root over the socket has it. Each unlock is audited by the daemon.
+//! `totpd mfa unlock`, `totpd user unlock` and `totpd totp unlock`: an operator clears a
+//! lockout, so the right code gets in at once instead of after the lock's period. Over
+//! the socket, with sudo on the route (`identity/mfa/method/totp/admin-unlock`,
+//! `api/v1/auth/totp/unlock`, `<mount>/keys/<name>/unlock`): root over the socket has it.
+//! Each unlock is audited by the daemon.
 
 use serde_json::{json, Value};
 use totpd::client::{Client, ClientError, Reply};
@@ -39,6 +40,44 @@ pub enum UserCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Keys of Vault's TOTP secrets engine.
+#[derive(clap::Subcommand)]
+pub enum TotpCmd {
+    /// Clear a key's lock and failure count, so its next right code is accepted at once
+    /// (codes already tried stay tried). Needs sudo on <mount>/keys/<name>/unlock.
+    Unlock {
+        /// The key's name.
+        name: String,
+        /// The engine mount the key is in.
+        #[arg(long, value_name = "MOUNT", default_value = "totp")]
+        mount: String,
+        /// Print the answer's data as JSON (was_locked, failures).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn totp(client: Client, cmd: TotpCmd, quiet: bool) -> Result<Printed, ClientError> {
+    let TotpCmd::Unlock { name, mount, json } = cmd;
+    let seg = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let path = format!("/v1/{}/keys/{}/unlock", seg(&mount), seg(&name));
+    let reply = client.request("POST", &path, None).await?;
+    if !reply.is_success() {
+        return Ok(refused(&reply, |v| {
+            v["errors"][0].as_str().map(str::to_string)
+        }));
+    }
+    let data = reply.json().unwrap_or_default()["data"].clone();
+    Ok(done(
+        &data,
+        json,
+        quiet,
+        &format!("key {name} of mount {mount}"),
+    ))
 }
 
 pub async fn mfa(client: Client, cmd: MfaCmd, quiet: bool) -> Result<Printed, ClientError> {

@@ -52,8 +52,13 @@ pub struct ServeArgs {
     /// [default: 10]
     #[arg(long, env = "TOTPD_HEADER_TIMEOUT", value_name = "SECS")]
     pub header_timeout: Option<u64>,
-    /// Read-only database connections, each with its own thread.
-    /// [default: two per core, at most 16]
+    /// Seconds a client gets to send its request body once the headers are in; past
+    /// that it gets 408. [default: 30]
+    #[arg(long, env = "TOTPD_BODY_TIMEOUT", value_name = "SECS")]
+    pub body_timeout: Option<u64>,
+    /// Read-only database connections with a thread each, for reads that scan (point
+    /// reads run on the async workers, with one connection each and one more).
+    /// [default: one per core, at least 2, at most 16]
     #[arg(long, env = "TOTPD_READERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub readers: Option<u16>,
     /// Reads that may wait for a free connection; past that a request gets 503 with
@@ -188,6 +193,7 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     key_group_readable: Option<bool>,
     header_timeout: Option<u64>,
+    body_timeout: Option<u64>,
     readers: Option<u16>,
     read_queue: Option<u32>,
     max_connections: Option<u32>,
@@ -237,6 +243,7 @@ pub struct ServeConfig {
     pub key_group_readable: bool,
     pub credentials_dir: Option<PathBuf>,
     pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
     /// Read connections and read queue length; None for the store's defaults.
     pub readers: Option<usize>,
     pub read_queue: Option<usize>,
@@ -508,6 +515,12 @@ impl ServeArgs {
                 self.header_timeout
                     .or(file.header_timeout)
                     .unwrap_or(10)
+                    .max(1),
+            ),
+            body_timeout: std::time::Duration::from_secs(
+                self.body_timeout
+                    .or(file.body_timeout)
+                    .unwrap_or(crate::api::DEFAULT_BODY_TIMEOUT)
                     .max(1),
             ),
             readers: self

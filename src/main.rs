@@ -248,19 +248,38 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOTPD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // Audit lines (--audit journal, and the audit file's fallback) whatever TOTPD_LOG says.
-        .add_directive(
-            format!("{}=info", totpd::audit::TARGET)
-                .parse()
-                .expect("a valid directive"),
-        );
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let audit_target = |m: &tracing::Metadata<'_>| m.target() == totpd::audit::TARGET;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Log lines leave through a queue and a thread of their own, so a request never
+    // waits on a write to stderr (a pipe to journald can block). The queue is bounded:
+    // when it is full a line is dropped and counted (totpd_log_lines_dropped_total),
+    // never waited for. The guard flushes what is queued when serve returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("totpd-log")
+        .finish(std::io::stderr());
+    totpd::metrics::count_dropped_log_lines(writer.error_counter());
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+            !audit_target(m)
+        }))
+        .with_filter(filter);
+    // Audit lines (--audit journal, and the audit file's fallback) whatever TOTPD_LOG
+    // says, written as they are made: an audit line is never dropped.
+    let audit = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(ansi)
+        .with_filter(tracing_subscriber::filter::filter_fn(audit_target));
+    tracing_subscriber::registry().with(log).with(audit).init();
     let cfg = match args.resolve(socket.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -310,6 +329,9 @@ fn limit_malloc_arenas() {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Log lines that may wait for the log thread; past that they are dropped and counted.
+const LOG_QUEUE_LINES: usize = 16_384;
 
 /// Threads of tokio's blocking pool at most: room for the two QR renders and the two
 /// argon2 hashes their semaphores allow, so a flood of one never starves the other.

@@ -16,13 +16,20 @@
 //!    {"kind": "agent", "entity_id": "uid:1000", "id": "0b7c...", "label": "ci-bot",
 //!     "issuer": "GitHub", ...},
 //!    {"kind": "user_totp", "entity_id": "alice", "device": "default", "active": true,
-//!     "issuer": "totpd", ...}],
+//!     "issuer": "totpd", ...},
+//!    {"kind": "vault_totp", "mount": "totp", "name": "deploy", "issuer": "Acme",
+//!     "account_name": "ops@example.com", "skew": 1, ...}],
 //!  "recovery_codes": [{"entity_id": "alice", "selector": "K3M9", "hash": "$argon2id$..."}]}
 //! ```
 //!
 //! Every secret also has `secret` (base32, no padding), `algorithm`, `digits`, `period`,
 //! `last_step` (the last accepted time step, or null: carried over so that a code spent
 //! before the export stays spent after the import) and `created_at` (unix seconds).
+//! A `vault_totp` secret is a key of Vault's TOTP secrets engine: it belongs to its
+//! mount, not to an entity, so it has no `entity_id`; its `mount` and `name` say where
+//! it goes (an import takes the mount as it is, served by the daemon or not), and its
+//! `issuer`, `account_name` and `skew` (0 or 1) are what the engine's `read` shows. Only
+//! an export of everything (`{"all": true}`) holds engine keys.
 //! Recovery codes are the unspent ones of login-step users with an active device, as
 //! stored: argon2id hashes, never the codes.
 //!
@@ -31,8 +38,11 @@
 //! Each line is a Key Uri Format URI an authenticator app reads
 //! (`otpauth://totp/ISSUER:ACCOUNT?algorithm=..&digits=..&issuer=..&period=..&secret=..`),
 //! followed by `totpd_*` query parameters that apps ignore and `totpd import` reads
-//! (see [`uri_line`]). An import ignores blank lines and lines starting with `#`; a line
-//! without `totpd_kind` (any app's or service's URI) becomes an agent secret.
+//! (see [`uri_line`]). An engine key's line is
+//! `otpauth://totp/ISSUER:ACCOUNT?...&totpd_kind=vault_totp&totpd_mount=..&totpd_name=..&totpd_skew=..`
+//! (its issuer and account name are the label's, read exactly). An import ignores
+//! blank lines and lines starting with `#`; a line without `totpd_kind` (any app's or
+//! service's URI) becomes an agent secret.
 //!
 //! # Format `bundle`: the document, encrypted
 //!
@@ -113,6 +123,9 @@ pub enum Kind {
     Agent,
     /// A device of a login-step user (`entity_id`, `device`, `active`).
     UserTotp,
+    /// A key of Vault's TOTP secrets engine (`mount`, `name`, `issuer`, `account_name`,
+    /// `skew`); no entity holds it.
+    VaultTotp,
 }
 
 impl Kind {
@@ -121,6 +134,7 @@ impl Kind {
             Kind::VaultMfa => "vault_mfa",
             Kind::Agent => "agent",
             Kind::UserTotp => "user_totp",
+            Kind::VaultTotp => "vault_totp",
         }
     }
 
@@ -129,6 +143,7 @@ impl Kind {
             "vault_mfa" => Some(Kind::VaultMfa),
             "agent" => Some(Kind::Agent),
             "user_totp" => Some(Kind::UserTotp),
+            "vault_totp" => Some(Kind::VaultTotp),
             _ => None,
         }
     }
@@ -139,7 +154,8 @@ impl Kind {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretDoc {
     pub kind: Kind,
-    /// The holder; absent: the import's `entity_id` (or the importing caller's).
+    /// The holder; absent: the import's `entity_id` (or the importing caller's). None
+    /// for `vault_totp` (an engine key belongs to its mount).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_id: Option<String>,
     /// `vault_mfa`: the method.
@@ -152,7 +168,8 @@ pub struct SecretDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// `agent`: its issuer. `user_totp`: the issuer of the login step's URIs (written by
-    /// an export for the URIs, not read by an import).
+    /// an export for the URIs, not read by an import). `vault_totp`: the key's issuer
+    /// (absent: empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     /// `user_totp`: the device's name.
@@ -161,6 +178,18 @@ pub struct SecretDoc {
     /// `user_totp`: activated (logs in) or pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    /// `vault_totp`: the engine's mount holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// `vault_totp`: the key's name in its mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `vault_totp`: the key's account name (absent: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// `vault_totp`: steps accepted either side of the current one (0 or 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew: Option<i64>,
     /// The seed, base32 without padding.
     pub secret: String,
     pub algorithm: String,
@@ -191,6 +220,8 @@ impl std::fmt::Debug for SecretDoc {
             .field("method_id", &self.method_id)
             .field("id", &self.id)
             .field("device", &self.device)
+            .field("mount", &self.mount)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -213,9 +244,10 @@ pub struct LineError {
     pub reason: String,
 }
 
-/// The query parameters totpd adds, by kind, besides `totpd_kind`, `totpd_entity` and
-/// `totpd_last_step` (every kind).
+/// The query parameters totpd adds, by kind, besides `totpd_kind` and `totpd_last_step`
+/// (every kind).
 const VAULT_MFA_PARAMS: &[&str] = &[
+    "totpd_entity",
     "totpd_method",
     "totpd_method_name",
     "totpd_key_size",
@@ -226,30 +258,38 @@ const VAULT_MFA_PARAMS: &[&str] = &[
     "totpd_method_digits",
     "totpd_method_period",
 ];
-const AGENT_PARAMS: &[&str] = &["totpd_id", "totpd_label"];
-const USER_TOTP_PARAMS: &[&str] = &["totpd_device", "totpd_active"];
-const COMMON_PARAMS: &[&str] = &["totpd_kind", "totpd_entity", "totpd_last_step"];
+const AGENT_PARAMS: &[&str] = &["totpd_entity", "totpd_id", "totpd_label"];
+const USER_TOTP_PARAMS: &[&str] = &["totpd_entity", "totpd_device", "totpd_active"];
+const VAULT_TOTP_PARAMS: &[&str] = &["totpd_mount", "totpd_name", "totpd_skew"];
+const COMMON_PARAMS: &[&str] = &["totpd_kind", "totpd_last_step"];
 
 /// The otpauth URI of `s`, with the totpd parameters an import needs to put it back
-/// where it was: `totpd_kind` (`vault_mfa`, `agent`, `user_totp`), `totpd_entity`, and
-/// `totpd_last_step` when a step was accepted; for `vault_mfa` the method's id
+/// where it was: `totpd_kind` (`vault_mfa`, `agent`, `user_totp`, `vault_totp`),
+/// `totpd_entity` (every kind but `vault_totp`), and `totpd_last_step` when a step was
+/// accepted; for `vault_mfa` the method's id
 /// (`totpd_method`), name (`totpd_method_name`, when it has one) and configuration
 /// (`totpd_key_size`, `totpd_qr_size`, `totpd_skew`, `totpd_max_attempts`, and
 /// `totpd_method_algorithm`/`_digits`/`_period` where the method's differ from the
 /// secret's); for `agent` its id (`totpd_id`) and exact label (`totpd_label`); for
-/// `user_totp` the device's name (`totpd_device`) and `totpd_active` (`true`/`false`).
+/// `user_totp` the device's name (`totpd_device`) and `totpd_active` (`true`/`false`);
+/// for `vault_totp` the key's mount (`totpd_mount`), name (`totpd_name`) and skew
+/// (`totpd_skew`).
 ///
 /// The label an app shows is `ISSUER:ACCOUNT`: the method's issuer and the entity
 /// (`vault_mfa`, as Vault's `generate` makes it), the secret's issuer and label
-/// (`agent`), the login step's issuer and the user (`user_totp`). `None` when `s` is
-/// not what an export makes (its seed is not base32, its method is not in `doc`).
+/// (`agent`), the login step's issuer and the user (`user_totp`), the key's issuer and
+/// account name (`vault_totp`, as the engine's URL shows them; an import reads them
+/// back from the label exactly). `None` when `s` is not what an export makes (its seed
+/// is not base32, its method is not in `doc`, a field its kind needs is missing).
 pub fn uri_line(doc: &Document, s: &SecretDoc) -> Option<String> {
     let secret = otp::decode_base32(&s.secret)?;
     let params = Params::new(&s.algorithm, s.digits, s.period).ok()?;
     let entity = s.entity_id.as_deref().unwrap_or_default();
     let mut extra = url::form_urlencoded::Serializer::new(String::new());
     extra.append_pair("totpd_kind", s.kind.as_str());
-    extra.append_pair("totpd_entity", entity);
+    if s.kind != Kind::VaultTotp {
+        extra.append_pair("totpd_entity", entity);
+    }
     if let Some(step) = s.last_step {
         extra.append_pair("totpd_last_step", &step.to_string());
     }
@@ -289,6 +329,15 @@ pub fn uri_line(doc: &Document, s: &SecretDoc) -> Option<String> {
             let active = if s.active? { "true" } else { "false" };
             extra.append_pair("totpd_active", active);
             (s.issuer.clone().unwrap_or_default(), entity.to_string())
+        }
+        Kind::VaultTotp => {
+            extra.append_pair("totpd_mount", s.mount.as_deref()?);
+            extra.append_pair("totpd_name", s.name.as_deref()?);
+            extra.append_pair("totpd_skew", &s.skew?.to_string());
+            (
+                s.issuer.clone().unwrap_or_default(),
+                s.account_name.clone().unwrap_or_default(),
+            )
         }
     };
     let base = uri::build(&issuer, &account, &secret, &params);
@@ -362,6 +411,10 @@ fn parse_line(l: &str) -> Result<(SecretDoc, Option<MethodDoc>), String> {
                 issuer: k.issuer,
                 device: None,
                 active: None,
+                mount: None,
+                name: None,
+                account_name: None,
+                skew: None,
                 secret: otp::encode_base32(&k.secret),
                 algorithm: k.params.algorithm.as_str().into(),
                 digits: k.params.digits.into(),
@@ -372,8 +425,8 @@ fn parse_line(l: &str) -> Result<(SecretDoc, Option<MethodDoc>), String> {
             None,
         ));
     };
-    let kind =
-        Kind::parse(&kind).ok_or("totpd_kind must be vault_mfa, agent or user_totp".to_string())?;
+    let kind = Kind::parse(&kind)
+        .ok_or("totpd_kind must be vault_mfa, agent, user_totp or vault_totp".to_string())?;
     if !url.scheme().eq_ignore_ascii_case("otpauth")
         || !url
             .host_str()
@@ -385,6 +438,7 @@ fn parse_line(l: &str) -> Result<(SecretDoc, Option<MethodDoc>), String> {
         Kind::VaultMfa => VAULT_MFA_PARAMS,
         Kind::Agent => AGENT_PARAMS,
         Kind::UserTotp => USER_TOTP_PARAMS,
+        Kind::VaultTotp => VAULT_TOTP_PARAMS,
     };
     if let Some(k) = q
         .keys()
@@ -419,15 +473,23 @@ fn parse_line(l: &str) -> Result<(SecretDoc, Option<MethodDoc>), String> {
     let issuer = get("issuer")
         .map(|i| i.trim().to_string())
         .filter(|i| !i.is_empty());
+    let entity_id = match kind {
+        Kind::VaultTotp => None,
+        _ => Some(need("totpd_entity")?.to_string()),
+    };
     let mut s = SecretDoc {
         kind,
-        entity_id: Some(need("totpd_entity")?.to_string()),
+        entity_id,
         method_id: None,
         id: None,
         label: None,
         issuer: None,
         device: None,
         active: None,
+        mount: None,
+        name: None,
+        account_name: None,
+        skew: None,
         secret: otp::encode_base32(&seed),
         algorithm: params.algorithm.as_str().into(),
         digits: params.digits.into(),
@@ -471,8 +533,42 @@ fn parse_line(l: &str) -> Result<(SecretDoc, Option<MethodDoc>), String> {
             });
             s.issuer = issuer;
         }
+        Kind::VaultTotp => {
+            s.mount = Some(need("totpd_mount")?.to_string());
+            s.name = Some(need("totpd_name")?.to_string());
+            s.skew = Some(match int("totpd_skew")? {
+                n @ (0 | 1) => n,
+                _ => return Err("totpd_skew must be 0 or 1".into()),
+            });
+            let (label_issuer, account) = label_parts(&url)?;
+            // The engine's fields as they are: an issuer or account name may be empty,
+            // or hold spaces and colons.
+            s.issuer = Some(
+                get("issuer")
+                    .map(str::to_string)
+                    .or(label_issuer)
+                    .unwrap_or_default(),
+            );
+            s.account_name = Some(account);
+        }
     }
     Ok((s, method))
+}
+
+/// The issuer (if any) and account of a URI's label, exactly as [`uri::build`] wrote
+/// them: each is %-encoded, colons included, so the first literal `:` parts them.
+fn label_parts(url: &url::Url) -> Result<(Option<String>, String), String> {
+    let raw = url.path().strip_prefix('/').unwrap_or(url.path());
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|p| p.into_owned())
+            .map_err(|_| "uri: the label is not UTF-8".to_string())
+    };
+    Ok(match raw.split_once(':') {
+        Some((issuer, account)) => (Some(decode(issuer)?), decode(account)?),
+        None => (None, decode(raw)?),
+    })
 }
 
 // ----- format `bundle` -----
@@ -729,6 +825,10 @@ mod tests {
             issuer: None,
             device: None,
             active: None,
+            mount: None,
+            name: None,
+            account_name: None,
+            skew: None,
             secret: otp::encode_base32(b"0123456789abcdefghij"),
             algorithm: "SHA1".into(),
             digits: 6,
@@ -753,9 +853,28 @@ mod tests {
         Document {
             version: VERSION,
             methods: vec![method()],
-            secrets: vec![mfa, agent, user],
+            secrets: vec![
+                mfa,
+                agent,
+                user,
+                engine_key("Acme Corp", "ops:deploy@example.com"),
+            ],
             ..Document::default()
         }
+    }
+
+    /// A key of the TOTP engine's mount `totp-prod`.
+    fn engine_key(issuer: &str, account_name: &str) -> SecretDoc {
+        let mut k = secret(Kind::VaultTotp);
+        k.entity_id = None;
+        k.mount = Some("totp-prod".into());
+        k.name = Some("deploy.key@ci".into());
+        k.issuer = Some(issuer.into());
+        k.account_name = Some(account_name.into());
+        k.skew = Some(1);
+        k.algorithm = "SHA512".into();
+        k.digits = 8;
+        k
     }
 
     /// What a URI round trip keeps: everything but `created_at` (and the login step's
@@ -794,6 +913,118 @@ mod tests {
         let mut m = method();
         m.created_at = None;
         assert_eq!(back.methods, vec![m]);
+    }
+
+    #[test]
+    fn engine_keys_round_trip_exactly_with_their_label() {
+        for (issuer, account) in [
+            ("Acme Corp", "ops@example.com"),
+            ("", "ops: deploy"),
+            ("Ac:me", " padded "),
+            ("Acme", ""),
+            ("", ""),
+            ("Ünïcode & co", "a/b?c#d%41+e"),
+        ] {
+            let mut d = doc();
+            let mut k = engine_key(issuer, account);
+            k.last_step = None;
+            k.skew = Some(0);
+            d.secrets = vec![k.clone()];
+            let line = uri_line(&d, &k).unwrap();
+            assert!(
+                line.contains("&totpd_kind=vault_totp&totpd_mount=totp-prod&totpd_name=deploy.key%40ci&totpd_skew=0"),
+                "{line}"
+            );
+            assert!(!line.contains("totpd_entity"), "{line}");
+            assert!(!line.contains("totpd_last_step"), "{line}");
+            let back = parse_uris(&format!("{line}\n")).unwrap();
+            assert!(back.methods.is_empty());
+            assert_eq!(back.secrets.len(), 1);
+            assert!(
+                comparable(&back.secrets[0]) == comparable(&k),
+                "{issuer:?} {account:?}: {:?} {:?} {:?}",
+                back.secrets[0],
+                back.secrets[0].issuer,
+                back.secrets[0].account_name
+            );
+        }
+        // Apps read the label as the engine's URL shows it.
+        let d = doc();
+        let k = &d.secrets[3];
+        let line = uri_line(&d, k).unwrap();
+        assert!(line.contains("totpd_last_step=56666666"), "{line}");
+        let u = uri::parse(&line).unwrap();
+        assert_eq!(
+            (u.label.as_str(), u.issuer.as_deref()),
+            ("ops:deploy@example.com", Some("Acme Corp"))
+        );
+        assert_eq!(u.secret, b"0123456789abcdefghij");
+        // A key without its mount, name or skew is not written.
+        for strip in [
+            (|k: &mut SecretDoc| k.mount = None) as fn(&mut SecretDoc),
+            |k| k.name = None,
+            |k| k.skew = None,
+        ] {
+            let mut k = k.clone();
+            strip(&mut k);
+            assert_eq!(uri_line(&d, &k), None);
+        }
+    }
+
+    #[test]
+    fn bad_engine_key_lines_are_refused() {
+        let d = doc();
+        let line = uri_line(&d, &d.secrets[3]).unwrap();
+        for (bad, why) in [
+            (
+                line.replace("&totpd_mount=totp-prod", ""),
+                "totpd_mount is missing",
+            ),
+            (
+                line.replace("&totpd_name=deploy.key%40ci", ""),
+                "totpd_name is missing",
+            ),
+            (line.replace("&totpd_skew=1", ""), "totpd_skew is missing"),
+            (line.replace("totpd_skew=1", "totpd_skew=2"), "0 or 1"),
+            (line.replace("totpd_skew=1", "totpd_skew=x"), "whole number"),
+            (
+                format!("{line}&totpd_entity=alice"),
+                "not a parameter of a vault_totp",
+            ),
+            (
+                format!("{line}&totpd_device=d"),
+                "not a parameter of a vault_totp",
+            ),
+        ] {
+            let e = parse_uris(&bad).unwrap_err();
+            assert_eq!(e.line, 1, "{bad}");
+            assert!(e.reason.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn engine_key_fields_serialize_only_for_engine_keys() {
+        let d = doc();
+        let v = serde_json::to_value(&d.secrets).unwrap();
+        for s in &v.as_array().unwrap()[..3] {
+            for f in ["mount", "name", "account_name", "skew"] {
+                assert!(s.get(f).is_none(), "{f} in {s}");
+            }
+        }
+        let k = &v[3];
+        assert_eq!(k["kind"], "vault_totp");
+        assert!(k.get("entity_id").is_none(), "{k}");
+        assert_eq!(
+            (&k["mount"], &k["name"], &k["account_name"], &k["skew"]),
+            (
+                &serde_json::json!("totp-prod"),
+                &serde_json::json!("deploy.key@ci"),
+                &serde_json::json!("ops:deploy@example.com"),
+                &serde_json::json!(1)
+            )
+        );
+        let back: Vec<SecretDoc> = serde_json::from_value(v).unwrap();
+        assert!(back == d.secrets);
     }
 
     #[test]

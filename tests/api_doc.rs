@@ -979,7 +979,10 @@ fn the_limits_in_the_introduction_are_the_daemons() {
             MAX_HEADER_BYTES / 1024
         ),
         format!("at most {} KiB (413)", totpd::api::MAX_BODY / 1024),
-        format!("within {} seconds", totpd::api::BODY_TIMEOUT.as_secs()),
+        format!(
+            "`--body-timeout`, {} seconds by default",
+            totpd::api::DEFAULT_BODY_TIMEOUT
+        ),
     ] {
         assert!(
             intro.contains(&said),

@@ -1,5 +1,6 @@
-//! Export and import against the real binary: every kind of secret moves from one daemon
-//! to a fresh one (another data directory, another sealing key) with the same codes,
+//! Export and import against the real binary: every kind of secret (a key of the TOTP
+//! secrets engine too) moves from one daemon to a fresh one (another data directory,
+//! another sealing key) with the same codes,
 //! checked with an independent TOTP implementation, and a step spent before the export
 //! still refused after the import; in both formats. A bundle does not open with a wrong
 //! passphrase (a clear message, exit 1, nothing imported). Only sudo may export or
@@ -18,6 +19,8 @@ use serde_json::{json, Value};
 
 const MFA: &str = "/v1/identity/mfa/method/totp";
 const USER: &str = "/api/v1/auth/totp";
+/// The TOTP secrets engine's key of the test, in the `totp` mount.
+const ENGINE_KEY: &str = "deploy";
 
 /// Exit code, stdout and stderr of the CLI run against `d` with `args`.
 fn run(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
@@ -70,13 +73,15 @@ struct Held {
     agent: Vec<u8>,
     /// The login device of alice (SHA1, 6 digits).
     device: Vec<u8>,
-    /// The step alice spent on both before the export.
+    /// The TOTP engine's key `totp/deploy` (SHA1, 8 digits, skew 0).
+    engine: Vec<u8>,
+    /// The step alice spent on both before the export, and the engine key's too.
     spent: u64,
 }
 
 impl Held {
     fn seeds(&self) -> Vec<String> {
-        [&self.mfa, &self.agent, &self.device]
+        [&self.mfa, &self.agent, &self.device, &self.engine]
             .iter()
             .flat_map(|s| {
                 let b32 = data_encoding::BASE32_NOPAD.encode(s);
@@ -91,7 +96,7 @@ impl Held {
 }
 
 /// Fills `d` with one secret of each kind, and spends the current step of alice's MFA
-/// secret and login device.
+/// secret, her login device and the engine key.
 async fn fill(d: &Daemon) -> Held {
     // Room for the export and imports to land within the step spent here.
     fresh_step(30, 15).await;
@@ -135,6 +140,18 @@ async fn fill(d: &Daemon) -> Held {
     assert_eq!(r.status, 201, "{}", r.text);
     let device = common::raw(r.json["secret_key"].as_str().unwrap());
 
+    // A key of the TOTP engine: no entity holds it; a label with a space and a colon.
+    let r = d
+        .req(
+            "POST",
+            &format!("/v1/totp/keys/{ENGINE_KEY}"),
+            Some(json!({"generate": true, "issuer": "Acme Ops", "account_name": "ops: deploy@example.com", "digits": 8, "skew": 0})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let engine = common::parse_otp_url(r.json["data"]["url"].as_str().unwrap()).secret;
+
     let now = unix_now();
     let spent = now / 30;
     // The activation spends the step on the device; the validation on the MFA secret.
@@ -150,14 +167,43 @@ async fn fill(d: &Daemon) -> Held {
     let code = reference_totp(&mfa, "SHA256", 8, 30, now);
     let r = validate(d, &method_id, "alice", &code).await;
     assert_eq!(r, 200);
+    let code = reference_totp(&engine, "SHA1", 8, 30, now);
+    assert_eq!(engine_validate(d, &code).await, (200, Some(true)));
     Held {
         method_id,
         mfa,
         agent_id,
         agent: common::raw(&agent_b32),
         device,
+        engine,
         spent,
     }
+}
+
+/// A validation of `code` at the engine key, as root: the status and `data.valid`.
+async fn engine_validate(d: &Daemon, code: &str) -> (u16, Option<bool>) {
+    let r = d
+        .req(
+            "POST",
+            &format!("/v1/totp/code/{ENGINE_KEY}"),
+            Some(json!({ "code": code })),
+            None,
+        )
+        .await;
+    (r.status, r.json["data"]["valid"].as_bool())
+}
+
+/// The engine key's code as `d` gives it, against the reference at that moment.
+async fn engine_code_matches(d: &Daemon, h: &Held) {
+    let before = unix_now();
+    let r = d
+        .req("GET", &format!("/v1/totp/code/{ENGINE_KEY}"), None, None)
+        .await;
+    let after = unix_now();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let code = r.json["data"]["code"].as_str().unwrap();
+    let refs = [before, after].map(|t| reference_totp(&h.engine, "SHA1", 8, 30, t));
+    assert!(refs.iter().any(|c| c == code), "{code} vs {refs:?}");
 }
 
 /// `validate` of `code` for `entity` as root: the status.
@@ -227,6 +273,10 @@ async fn spent_still_spent(d: &Daemon, h: &Held) {
     let device_code = reference_totp(&h.device, "SHA1", 6, 30, t);
     assert_eq!(login(d, &device_code).await, 401);
     agent_code_matches(d, h).await;
+    // The engine's code of the spent step: "already used", as Vault answers.
+    let engine_code = reference_totp(&h.engine, "SHA1", 8, 30, t);
+    assert_eq!(engine_validate(d, &engine_code).await, (400, None));
+    engine_code_matches(d, h).await;
 }
 
 /// After the spent step: the current codes of the independent implementation work.
@@ -238,6 +288,9 @@ async fn next_codes_work(d: &Daemon, h: &Held) {
     let device_code = reference_totp(&h.device, "SHA1", 6, 30, now);
     assert_eq!(login(d, &device_code).await, 200);
     agent_code_matches(d, h).await;
+    engine_code_matches(d, h).await;
+    let engine_code = reference_totp(&h.engine, "SHA1", 8, 30, now);
+    assert_eq!(engine_validate(d, &engine_code).await, (200, Some(true)));
 }
 
 fn no_secret_in(log: &str, h: &Held, what: &str) {
@@ -272,7 +325,7 @@ async fn every_kind_moves_to_a_fresh_daemon_in_both_formats_with_the_same_codes(
         &[],
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("Exported 3 secrets"), "{out}");
+    assert!(out.contains("Exported 4 secrets"), "{out}");
     assert_eq!(mode(&bundle), 0o600);
     let text = std::fs::read_to_string(&bundle).unwrap();
     assert!(text.starts_with("totpd-bundle v1\n"), "{text}");
@@ -282,13 +335,28 @@ async fn every_kind_moves_to_a_fresh_daemon_in_both_formats_with_the_same_codes(
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(mode(&uris), 0o600);
     let lines = std::fs::read_to_string(&uris).unwrap();
-    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert_eq!(lines.lines().count(), 4, "{lines}");
     // Apps read the standard part of each line: the seed and parameters are there.
     for l in lines.lines() {
         let u = common::parse_otp_url(l);
-        assert!([&h.mfa, &h.agent, &h.device].contains(&&u.secret));
+        assert!([&h.mfa, &h.agent, &h.device, &h.engine].contains(&&u.secret));
         assert!(l.contains("totpd_kind="), "{l}");
     }
+    let engine_line = lines
+        .lines()
+        .find(|l| l.contains("totpd_kind=vault_totp"))
+        .expect("the engine key's line");
+    let u = common::parse_otp_url(engine_line);
+    assert_eq!(
+        (u.label.as_str(), u.issuer.as_str(), u.digits),
+        ("Acme Ops:ops: deploy@example.com", "Acme Ops", 8)
+    );
+    assert!(
+        engine_line.contains(&format!(
+            "totpd_mount=totp&totpd_name={ENGINE_KEY}&totpd_skew=0"
+        )),
+        "{engine_line}"
+    );
     // No temporary file is left beside them.
     let left: Vec<String> = std::fs::read_dir(a.dir.path())
         .unwrap()
@@ -296,10 +364,11 @@ async fn every_kind_moves_to_a_fresh_daemon_in_both_formats_with_the_same_codes(
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    // To standard output, the same lines.
+    // To standard output, the same lines; an entity's export holds no engine key.
     let (code, out, _) = run(&a, &["export", "--entity", "alice"], &[]);
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(!out.contains("vault_totp"), "{out}");
 
     // Into two fresh daemons, each with its own data directory and sealing key.
     let b = audited();
@@ -320,18 +389,40 @@ async fn every_kind_moves_to_a_fresh_daemon_in_both_formats_with_the_same_codes(
     );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("secrets: 3 created, 0 skipped, 0 refused"),
+        out.contains("secrets: 4 created, 0 skipped, 0 refused"),
         "{out}"
     );
     let (code, out, err) = run(&c, &["import", uris.to_str().unwrap()], &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("secrets: 3 created, 0 skipped, 0 refused"),
+        out.contains("secrets: 4 created, 0 skipped, 0 refused"),
         "{out}"
     );
 
     // What arrived is what left: holders, parameters, last steps.
     let want = exported(&a).await;
+    let key = want
+        .iter()
+        .find(|s| s["kind"] == "vault_totp")
+        .expect("the engine key exported");
+    assert_eq!(
+        (
+            &key["mount"],
+            &key["name"],
+            &key["issuer"],
+            &key["account_name"],
+            &key["skew"]
+        ),
+        (
+            &json!("totp"),
+            &json!(ENGINE_KEY),
+            &json!("Acme Ops"),
+            &json!("ops: deploy@example.com"),
+            &json!(0)
+        )
+    );
+    assert_eq!(key["last_step"], json!(h.spent));
+    assert!(key.get("entity_id").is_none(), "{key}");
     let strip = |mut v: Vec<Value>| {
         for s in &mut v {
             s.as_object_mut().unwrap().remove("created_at");
@@ -378,7 +469,41 @@ async fn every_kind_moves_to_a_fresh_daemon_in_both_formats_with_the_same_codes(
         &[],
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("0 created, 5 skipped, 0 refused"), "{out}");
+    assert!(out.contains("0 created, 6 skipped, 0 refused"), "{out}");
+    let (code, out, err) = run(
+        &b,
+        &[
+            "import",
+            bundle.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let entry = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "vault_totp")
+        .expect("the engine key's entry")
+        .clone();
+    assert_eq!(
+        (
+            &entry["mount"],
+            &entry["name"],
+            &entry["result"],
+            &entry["reason"]
+        ),
+        (
+            &json!("totp"),
+            &json!(ENGINE_KEY),
+            &json!("skipped"),
+            &json!("exists")
+        )
+    );
     // A method changed since is refused, by name, with its enrolment; exit 1.
     let r = c
         .req(
@@ -714,6 +839,18 @@ async fn only_sudo_may_export_or_import_and_over_tcp_only_root() {
         (
             json!({"secrets": [{"kind": "agent", "label": "x", "secret": seed, "algorithm": "SHA1", "digits": "six", "period": 30}]}),
             "secrets[0].digits",
+        ),
+        (
+            json!({"secrets": [{"kind": "vault_totp", "name": "k", "skew": 1, "secret": seed, "algorithm": "SHA1", "digits": 6, "period": 30}]}),
+            "secrets[0].mount: must be set",
+        ),
+        (
+            json!({"secrets": [{"kind": "vault_totp", "mount": "totp", "name": "a b", "skew": 1, "secret": seed, "algorithm": "SHA1", "digits": 6, "period": 30}]}),
+            "secrets[0].name",
+        ),
+        (
+            json!({"secrets": [{"kind": "vault_totp", "mount": "totp", "name": "k", "skew": 2, "secret": seed, "algorithm": "SHA1", "digits": 6, "period": 30}]}),
+            "secrets[0].skew: must be 0 or 1",
         ),
         (json!({"version": 2}), "version"),
         (

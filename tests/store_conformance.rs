@@ -3580,11 +3580,23 @@ fn moved<'a>(t: &'a Transfer, h: &Holder) -> &'a MovedSecret {
     found[0]
 }
 
+/// The holder of an engine key, as an export names it.
+fn engine_holder(k: &EngineKeyInfo) -> Holder {
+    Holder::VaultTotp {
+        mount: k.mount.clone(),
+        name: k.name.clone(),
+        issuer: k.issuer.clone(),
+        account_name: k.account_name.clone(),
+        skew: k.skew,
+    }
+}
+
 /// Export opens every secret of every surface with its holder, parameters and last
-/// accepted step, for one entity or for all; an import recreates what is missing (the
-/// same codes, a spent step still spent, devices active or pending as they were, the
-/// recovery codes of a user it makes active), skips what is there, and refuses what
-/// clashes, entry by entry, in one write.
+/// accepted step, for one entity or for all (engine keys, which belong to mounts, only
+/// for all); an import recreates what is missing (the same codes, a spent step still
+/// spent, devices active or pending as they were, the recovery codes of a user it makes
+/// active, engine keys in their mounts), skips what is there, and refuses what clashes,
+/// entry by entry, in one write.
 async fn case_transfer_export_and_import(b: &dyn Backend) {
     let s = open(b);
     let p = params();
@@ -3626,6 +3638,28 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
         .unwrap(),
         Setup::Pending
     );
+    // Two engine keys, of two mounts: one (skew 1, SHA256, 8 digits) spends NOW's step;
+    // the other, of a short key, has an empty issuer and account name.
+    let deploy_key = EngineKeyInfo {
+        skew: 1,
+        params: Params::new("SHA256", 8, 30).unwrap(),
+        created_at: NOW - 5,
+        ..engine_key("totp", "deploy")
+    };
+    let deploy_seed = [9u8; 20];
+    s.put_engine_key(&deploy_key, &deploy_seed).await.unwrap();
+    let ci_key = EngineKeyInfo {
+        issuer: String::new(),
+        account_name: String::new(),
+        ..engine_key("totp-prod", "ci")
+    };
+    let ci_seed = [5u8; 5];
+    s.put_engine_key(&ci_key, &ci_seed).await.unwrap();
+    let engine_spent = code_at(&deploy_seed, &deploy_key.params, NOW);
+    assert!(matches!(
+        engine_check(&s, &deploy_key, &engine_spent, NOW).await,
+        EngineCheck::Checked(Outcome::Accepted { .. })
+    ));
 
     // alice's export: her secrets and her enrolments' method, opened.
     let t = s
@@ -3671,6 +3705,12 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
         .collect();
     want_codes.sort_by(|a, b| a.code.selector.cmp(&b.code.selector));
     assert_eq!(t.recovery_codes, want_codes);
+    assert!(
+        !t.secrets
+            .iter()
+            .any(|s| matches!(s.holder, Holder::VaultTotp { .. })),
+        "an entity's export holds no engine key"
+    );
     // Nobody's export is empty; bob's holds no login device and no recovery code.
     assert_eq!(
         s.export_secrets(ExportScope::Entity("nobody"))
@@ -3689,7 +3729,43 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
     let mut want = vec![m.id.as_str(), unused.id.as_str()];
     want.sort();
     assert_eq!(ids, want);
-    assert_eq!(all.secrets.len(), 6);
+    assert_eq!(all.secrets.len(), 8);
+    // The engine keys, opened, last in mount and name order.
+    let engine: Vec<&MovedSecret> = all
+        .secrets
+        .iter()
+        .filter(|s| matches!(s.holder, Holder::VaultTotp { .. }))
+        .collect();
+    assert_eq!(
+        engine.iter().map(|s| &s.holder).collect::<Vec<_>>(),
+        vec![&engine_holder(&deploy_key), &engine_holder(&ci_key)]
+    );
+    assert!(all.secrets[6..]
+        .iter()
+        .all(|s| matches!(s.holder, Holder::VaultTotp { .. })));
+    assert_eq!(
+        (
+            engine[0].secret.as_slice(),
+            engine[0].params,
+            engine[0].last_step,
+            engine[0].created_at
+        ),
+        (
+            &deploy_seed[..],
+            deploy_key.params,
+            Some(deploy_key.params.step(NOW)),
+            NOW - 5
+        )
+    );
+    assert_eq!(
+        (
+            engine[1].secret.as_slice(),
+            engine[1].params,
+            engine[1].last_step,
+            engine[1].created_at
+        ),
+        (&ci_seed[..], ci_key.params, None, NOW)
+    );
 
     // Imported where it all is: nothing changes.
     let r = s.import_secrets(&all, NOW).await.unwrap();
@@ -3709,6 +3785,9 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
     assert!(s.delete_agent_secret("alice", &ci.id).await.unwrap());
     assert!(s.delete_agent_secret("bob", &deploy.id).await.unwrap());
     assert_eq!(s.deactivate_user("alice", None).await.unwrap(), 2);
+    assert!(s.delete_engine_key("totp", "deploy").await.unwrap());
+    assert!(s.delete_engine_key("totp-prod", "ci").await.unwrap());
+    // As fresh as a new store: nothing left to export.
     assert_eq!(
         s.export_secrets(ExportScope::All).await.unwrap(),
         Transfer::default()
@@ -3781,6 +3860,50 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
         vec![("default".to_string(), true), ("spare".to_string(), false)]
     );
     assert_eq!(s.count_recovery_codes("alice").await.unwrap(), 2);
+    // The engine keys are back in their mounts as they were, with the same codes; the
+    // code spent before the export is refused (its step is spent), the next one is good.
+    assert_eq!(
+        s.get_engine_key("totp", "deploy").await.unwrap(),
+        Some(deploy_key.clone())
+    );
+    assert_eq!(
+        s.open_engine_key("totp-prod", "ci").await.unwrap(),
+        Some((ci_key.clone(), ci_seed.to_vec()))
+    );
+    assert_eq!(s.list_engine_keys("totp").await.unwrap(), vec!["deploy"]);
+    let (_, seed) = s
+        .open_engine_key("totp", "deploy")
+        .await
+        .unwrap()
+        .expect("the imported key");
+    assert_eq!(
+        code_at(&seed, &deploy_key.params, NOW),
+        engine_spent,
+        "the same codes"
+    );
+    assert!(matches!(
+        engine_check(&s, &deploy_key, &engine_spent, NOW).await,
+        EngineCheck::Repeat | EngineCheck::Checked(Outcome::Refused(Refusal::Replay))
+    ));
+    let engine_next = code_at(&deploy_seed, &deploy_key.params, NOW + PERIOD);
+    assert!(matches!(
+        engine_check(&s, &deploy_key, &engine_next, NOW + PERIOD).await,
+        EngineCheck::Checked(Outcome::Accepted { .. })
+    ));
+    assert!(matches!(
+        engine_check(&s, &ci_key, &code_at(&ci_seed, &ci_key.params, NOW), NOW).await,
+        EngineCheck::Checked(Outcome::Accepted { .. })
+    ));
+    // Imported again: every entry is there, nothing is overwritten.
+    let r = s.import_secrets(&all, NOW).await.unwrap();
+    assert!(
+        r.secrets.iter().all(|(o, _)| *o == Imported::Exists),
+        "{r:?}"
+    );
+    assert!(matches!(
+        engine_check(&s, &deploy_key, &engine_next, NOW + PERIOD).await,
+        EngineCheck::Repeat | EngineCheck::Checked(Outcome::Refused(Refusal::Replay))
+    ));
 
     // Clashes are refused entry by entry, and the rest goes in.
     let mut changed = m.clone();
@@ -3816,6 +3939,19 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
         name: "phone".into(),
         active: false,
     });
+    // Another key under a name the mount holds: left as it is. A name of another mount
+    // (served or not, the store keeps it) goes in.
+    let same_name = with(Holder::VaultTotp {
+        mount: "totp".into(),
+        name: "deploy".into(),
+        issuer: "Other".into(),
+        account_name: "someone else".into(),
+        skew: 0,
+    });
+    let other_mount = EngineKeyInfo {
+        params: s_ci.params,
+        ..engine_key("elsewhere", "deploy")
+    };
     let clash = Transfer {
         methods: vec![m.clone(), twin],
         secrets: vec![
@@ -3825,6 +3961,8 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
             fresh.clone(),
             fresh.clone(),
             pending,
+            same_name,
+            with(engine_holder(&other_mount)),
         ],
         recovery_codes: vec![MovedRecoveryCode {
             entity_id: "erin".into(),
@@ -3850,7 +3988,18 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
             // The same seed, label and issuer again: there already, under the id just made.
             Imported::Exists,
             Imported::Created,
+            Imported::Exists,
+            Imported::Created,
         ]
+    );
+    assert_eq!((&r.secrets[6].1, &r.secrets[7].1), (&None, &None));
+    assert_eq!(
+        s.open_engine_key("totp", "deploy").await.unwrap(),
+        Some((deploy_key.clone(), deploy_seed.to_vec()))
+    );
+    assert_eq!(
+        s.open_engine_key("elsewhere", "deploy").await.unwrap(),
+        Some((other_mount, vec![7; 20]))
     );
     let fresh_id = r.secrets[3].1.clone().expect("the new agent secret's id");
     assert_eq!(r.secrets[4].1.as_deref(), Some(fresh_id.as_str()));
@@ -3894,6 +4043,49 @@ async fn case_transfer_export_and_import(b: &dyn Backend) {
     assert_eq!(
         r.secrets,
         vec![(Imported::Refused(ImportRefusal::TooManyDevices), None)]
+    );
+
+    // Imports racing puts of one engine key name: every call succeeds, and the name
+    // ends with one key, a put's or the import's.
+    let racing = engine_key("totp", "race");
+    let import = Transfer {
+        secrets: vec![MovedSecret {
+            holder: engine_holder(&racing),
+            secret: vec![1; 20],
+            params: racing.params,
+            last_step: None,
+            created_at: NOW,
+        }],
+        ..Transfer::default()
+    };
+    let mut calls = Vec::new();
+    for i in 0..16u8 {
+        let (s, k, t) = (s.clone(), racing.clone(), import.clone());
+        calls.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                let r = s.import_secrets(&t, NOW).await?;
+                assert_eq!(r.secrets.len(), 1);
+                assert_ne!(r.secrets[0].0, Imported::Refused(ImportRefusal::IdTaken));
+            } else {
+                s.put_engine_key(&k, &[i + 2; 20]).await?;
+            }
+            Ok::<(), StoreError>(())
+        }));
+    }
+    for c in calls {
+        c.await
+            .expect("no panic")
+            .expect("every import and put succeeds");
+    }
+    assert_eq!(
+        s.list_engine_keys("totp").await.unwrap(),
+        vec!["deploy", "race"]
+    );
+    let (info, seed) = s.open_engine_key("totp", "race").await.unwrap().unwrap();
+    assert_eq!(info, racing);
+    assert!(
+        seed == [1; 20] || (3..18).any(|b| seed == [b; 20]),
+        "{seed:?}"
     );
     close(&s).await;
 }

@@ -34,9 +34,21 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// QR images rendered at once; more wait their turn. Each may take a few MB of pixels.
 const MAX_RENDERS: usize = 2;
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`State`], so handing it to a request
+/// costs one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<State>);
+
+impl std::ops::Deref for AppState {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+/// The daemon's shared state, behind [`AppState`].
+#[derive(Clone)]
+pub struct State {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Bounds the CPU and memory QR rendering can take, whatever clients send.
@@ -53,11 +65,13 @@ pub struct AppState {
     pub tokens: Arc<sys::TokenSettings>,
     /// Where each decision is recorded ([`crate::audit::record`]).
     pub audit: Arc<crate::audit::Audit>,
+    /// Callers resolved from tokens ([`crate::auth::cache`]).
+    pub auth_cache: Arc<crate::auth::cache::Cache>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        AppState {
+        AppState(Arc::new(State {
             store,
             metrics: Default::default(),
             renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
@@ -67,38 +81,45 @@ impl AppState {
             hashes: user_totp::hash_bound(),
             tokens: Arc::new(sys::TokenSettings::default()),
             audit: Arc::new(crate::audit::Audit::off()),
-        }
+            auth_cache: Default::default(),
+        }))
+    }
+
+    /// The state to change, copied first if a request holds it (only while building).
+    fn edit(&mut self) -> &mut State {
+        Arc::make_mut(&mut self.0)
     }
 
     /// The same state recording decisions as `cfg` says; starts the audit file's writer
     /// (failure counts go to this state's metrics). An audit file that cannot be opened
     /// is an error.
     pub fn with_audit(mut self, cfg: &crate::audit::Config) -> Result<Self, String> {
-        self.audit = Arc::new(crate::audit::Audit::start(cfg, self.metrics.clone())?);
+        let audit = Arc::new(crate::audit::Audit::start(cfg, self.metrics.clone())?);
+        self.edit().audit = audit;
         Ok(self)
     }
 
     /// The same state with these token lifetimes.
     pub fn with_tokens(mut self, settings: sys::TokenSettings) -> Self {
-        self.tokens = Arc::new(settings);
+        self.edit().tokens = Arc::new(settings);
         self
     }
 
     /// The same state with this login-step configuration.
     pub fn with_login(mut self, settings: user_totp::Settings) -> Self {
-        self.login = Arc::new(settings);
+        self.edit().login = Arc::new(settings);
         self
     }
 
     /// The same state serving these Nitride mounts.
     pub fn with_mounts(mut self, mounts: mounts::Mounts) -> Self {
-        self.mounts = Arc::new(mounts);
+        self.edit().mounts = Arc::new(mounts);
         self
     }
 
     /// The same state serving these TOTP engine mounts.
     pub fn with_engine_mounts(mut self, mounts: mounts::Mounts) -> Self {
-        self.engine_mounts = Arc::new(mounts);
+        self.edit().engine_mounts = Arc::new(mounts);
         self
     }
 }
@@ -111,10 +132,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(request_id: String, caller: Result<Caller, AuthError>) -> Self {
+    pub fn new(request_id: String, caller: Result<Arc<Caller>, AuthError>) -> Self {
         Self {
             request_id,
-            caller: caller.map(Arc::new).map_err(Arc::new),
+            caller: caller.map_err(Arc::new),
         }
     }
 
@@ -134,7 +155,7 @@ impl Ctx {
 pub enum BodyError {
     #[error("request body larger than {MAX_BODY} bytes")]
     TooLarge,
-    #[error("request body not received within {} seconds", BODY_TIMEOUT.as_secs())]
+    #[error("request body not received within {} seconds", body_timeout().as_secs())]
     Timeout,
     #[error("failed to read request body: {0}")]
     Read(String),
@@ -159,8 +180,23 @@ impl BodyError {
     }
 }
 
-/// A client gets this long to send its body once the headers are in.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Seconds a client gets to send its body once the headers are in (`--body-timeout`).
+static BODY_TIMEOUT_SECS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_BODY_TIMEOUT);
+
+/// [`body_timeout`] unless the daemon is told otherwise.
+pub const DEFAULT_BODY_TIMEOUT: u64 = 30;
+
+/// How long a client gets to send its body once the headers are in; past that the
+/// request is answered 408 and the connection's slot is free again.
+pub fn body_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(BODY_TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Sets [`body_timeout`] for the whole process (the daemon, at start).
+pub fn set_body_timeout(t: std::time::Duration) {
+    BODY_TIMEOUT_SECS.store(t.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Reads at most [`MAX_BODY`] bytes and parses them as `T`. An empty body reads as `{}`.
 /// Errors name the offending field (`digits: invalid type ...`).
@@ -170,7 +206,7 @@ pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, BodyError> 
         return Err(BodyError::TooLarge);
     }
     let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
+        body_timeout(),
         http_body_util::Limited::new(body, MAX_BODY).collect(),
     )
     .await

@@ -1,9 +1,10 @@
 //! Who is calling, and what they may do: tokens, socket peer credentials, policies.
 //! [`Caller::allowed`] is the one place every surface asks "may this caller do this here".
 
+pub mod cache;
 pub mod policy;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -191,22 +192,30 @@ pub fn token_from_headers(h: &HeaderMap) -> Option<String> {
 }
 
 /// Works out who is calling: the token if one was sent, else the socket peer's uid.
-/// Over TCP a token is required.
+/// Over TCP a token is required. A token's caller comes from `cache` while the store's
+/// [`Store::auth_generation`] says nothing changed (see [`cache`]).
 pub async fn resolve(
     store: &dyn Store,
+    cache: &cache::Cache,
     peer: Peer,
     token: Option<String>,
     daemon_uid: u32,
     now: i64,
-) -> Result<Caller, AuthError> {
+) -> Result<Arc<Caller>, AuthError> {
     match (token, peer) {
         (Some(t), _) => {
+            let hash = hash_token(&t);
+            // Read before the token and its policies: see the cache's documentation.
+            let generation = store.auth_generation();
+            if let Some(hit) = generation.and_then(|g| cache.get(&hash, g, now)) {
+                return Ok(hit);
+            }
             let rec = store
-                .get_token(&hash_token(&t), now)
+                .get_token(&hash, now)
                 .await?
                 .ok_or(AuthError::Denied)?;
             let acl = build_acl(store, &rec.policies).await?;
-            Ok(Caller {
+            let caller = Arc::new(Caller {
                 entity_id: rec.entity_id,
                 policies: rec.policies,
                 token: Some(TokenInfo {
@@ -217,25 +226,36 @@ pub async fn resolve(
                     expires_at: rec.expires_at,
                 }),
                 acl: Arc::new(acl),
-            })
+            });
+            if let Some(g) = generation {
+                cache.put(hash, g, caller.clone());
+            }
+            Ok(caller)
         }
         (None, Peer::Unix { uid: Some(uid) }) => {
-            let policies = if uid == 0 || uid == daemon_uid {
-                vec![ROOT.to_string()]
+            let (policies, acl) = if uid == 0 || uid == daemon_uid {
+                (vec![ROOT.to_string()], ROOT_ACL.clone())
             } else {
-                vec![DEFAULT.to_string()]
+                (vec![DEFAULT.to_string()], DEFAULT_ACL.clone())
             };
-            let acl = build_acl(store, &policies).await?;
-            Ok(Caller {
+            Ok(Arc::new(Caller {
                 entity_id: format!("uid:{uid}"),
                 policies,
                 token: None,
-                acl: Arc::new(acl),
-            })
+                acl,
+            }))
         }
         (None, _) => Err(AuthError::Denied),
     }
 }
+
+/// The ACLs of the built-in policies, made once: they never change.
+static ROOT_ACL: LazyLock<Arc<Acl>> = LazyLock::new(|| Arc::new(Acl::root()));
+static DEFAULT_ACL: LazyLock<Arc<Acl>> = LazyLock::new(|| {
+    let mut acl = Acl::default();
+    acl.merge(&default_policy());
+    Arc::new(acl)
+});
 
 /// Merges the named policies. Unknown names grant nothing, as in Vault.
 async fn build_acl(store: &dyn Store, names: &[String]) -> Result<Acl, AuthError> {
@@ -244,7 +264,7 @@ async fn build_acl(store: &dyn Store, names: &[String]) -> Result<Acl, AuthError
     }
     let mut acl = Acl::default();
     if names.iter().any(|n| n == DEFAULT) {
-        acl.merge(&default_policy());
+        acl.merge(&DEFAULT_POLICY_PARSED);
     }
     let stored: Vec<String> = names.iter().filter(|n| *n != DEFAULT).cloned().collect();
     if !stored.is_empty() {
@@ -255,6 +275,9 @@ async fn build_acl(store: &dyn Store, names: &[String]) -> Result<Acl, AuthError
     }
     Ok(acl)
 }
+
+/// The `default` policy, parsed once.
+static DEFAULT_POLICY_PARSED: LazyLock<Policy> = LazyLock::new(default_policy);
 
 fn default_policy() -> Policy {
     // The constant is checked by a unit test, so this cannot fail at run time.

@@ -39,7 +39,8 @@ pub struct ExportArgs {
     /// login devices.
     #[arg(long, value_name = "ENTITY")]
     pub entity: Option<String>,
-    /// Export every secret of every entity, and every MFA method.
+    /// Export every secret of every entity, every key of the TOTP secrets engine's
+    /// mounts, and every MFA method.
     #[arg(long)]
     pub all: bool,
     /// uris: one otpauth URI per line, in clear; bundle: everything (methods' settings,
@@ -182,10 +183,17 @@ pub async fn export(client: Client, args: ExportArgs, quiet: bool) -> Result<Pri
             let mut out = String::new();
             for s in &doc.secrets {
                 let line = transfer::uri_line(&doc, s).ok_or_else(|| {
+                    let of = match s.kind {
+                        transfer::Kind::VaultTotp => format!(
+                            "{}/{}",
+                            s.mount.as_deref().unwrap_or("-"),
+                            s.name.as_deref().unwrap_or("-")
+                        ),
+                        _ => s.entity_id.as_deref().unwrap_or("-").to_string(),
+                    };
                     ClientError::Request(format!(
-                        "the daemon's answer holds a {} secret of {} that cannot be written as a URI",
+                        "the daemon's answer holds a {} secret of {of} that cannot be written as a URI",
                         s.kind.as_str(),
-                        s.entity_id.as_deref().unwrap_or("-")
                     ))
                 })?;
                 out.push_str(&line);
@@ -361,6 +369,7 @@ fn report(file: &str, d: &Value) -> String {
                 s(e, "entity_id"),
                 s(e, "device")
             ),
+            "vault_totp" => format!("vault_totp {} key {}", s(e, "mount"), s(e, "name")),
             "recovery_codes" => format!("recovery codes of {}", s(e, "entity_id")),
             other => other.to_string(),
         };

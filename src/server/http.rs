@@ -192,7 +192,15 @@ async fn serve_request(st: MwState, rid: String, req: Request, next: Next) -> Re
 async fn route(st: &MwState, rid: &str, mut req: Request, next: Next) -> (Response, String) {
     let peer = req.extensions().get::<Peer>().copied().unwrap_or(Peer::Tcp);
     let token = auth::token_from_headers(req.headers());
-    let caller = auth::resolve(st.app.store.as_ref(), peer, token, st.daemon_uid, now()).await;
+    let caller = auth::resolve(
+        st.app.store.as_ref(),
+        &st.app.auth_cache,
+        peer,
+        token,
+        st.daemon_uid,
+        now(),
+    )
+    .await;
     // A fault of ours is logged here, where its cause is known; overload is not a fault
     // (the handler answers 503 and logs a warning).
     match &caller {

@@ -56,6 +56,7 @@ pub async fn daemon(
         .map_err(ServerError::Config)?;
     let engine_mounts = api::mounts::Mounts::new(&api::vault_totp::MOUNTS, &cfg.totp_mounts)
         .map_err(ServerError::Config)?;
+    api::set_body_timeout(cfg.body_timeout);
     prepare_dirs(&cfg)?;
     let (store, created) = match &cfg.postgres {
         Some(url) => open_postgres(&cfg, url).await?,

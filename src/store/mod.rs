@@ -758,9 +758,11 @@ pub trait KeyStore {
 /// Which secrets an export takes (see [`TransferStore::export_secrets`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportScope<'a> {
-    /// Every secret of every surface, and every MFA method.
+    /// Every secret of every surface (the TOTP engine's keys of every mount included),
+    /// and every MFA method.
     All,
-    /// The secrets this entity holds, and the MFA methods its enrolments use.
+    /// The secrets this entity holds, and the MFA methods its enrolments use (no engine
+    /// key: those belong to mounts, not to entities).
     Entity(&'a str),
 }
 
@@ -785,14 +787,27 @@ pub enum Holder {
         name: String,
         active: bool,
     },
+    /// A key of Vault's TOTP secrets engine, by its mount and name, with what `read`
+    /// shows of it (see [`EngineKeyInfo`]). It belongs to the mount, not to an entity.
+    VaultTotp {
+        mount: String,
+        name: String,
+        issuer: String,
+        account_name: String,
+        /// Steps accepted either side of the current one (0 or 1).
+        skew: u32,
+    },
 }
 
 impl Holder {
-    pub fn entity_id(&self) -> &str {
+    /// The entity holding the secret; `None` for an engine key, which belongs to its
+    /// mount.
+    pub fn entity_id(&self) -> Option<&str> {
         match self {
             Holder::VaultMfa { entity_id, .. }
             | Holder::Agent { entity_id, .. }
-            | Holder::UserDevice { entity_id, .. } => entity_id,
+            | Holder::UserDevice { entity_id, .. } => Some(entity_id),
+            Holder::VaultTotp { .. } => None,
         }
     }
 }
@@ -840,8 +855,9 @@ pub struct Transfer {
 pub enum Imported {
     Created,
     /// Already here, left as it is: a secret with the same kind, entity and binding
-    /// (method, agent id, device name), a method with the same id and configuration,
-    /// or the recovery codes of a user who was active here already.
+    /// (method, agent id, device name), an engine key with the same mount and name, a
+    /// method with the same id and configuration, or the recovery codes of a user who
+    /// was active here already.
     Exists,
     Refused(ImportRefusal),
 }
@@ -897,17 +913,19 @@ pub struct ImportReport {
 #[async_trait]
 pub trait TransferStore {
     /// Every secret in `scope`, opened, with its holder, parameters and last accepted
-    /// step; the MFA methods (all of them, or the entity's enrolments' methods); and
-    /// the unspent recovery codes (hashes) of the users with an active device. One
-    /// consistent read.
+    /// step (with [`ExportScope::All`], the TOTP engine's keys of every mount too); the
+    /// MFA methods (all of them, or the entity's enrolments' methods); and the unspent
+    /// recovery codes (hashes) of the users with an active device. One consistent read.
     async fn export_secrets(&self, scope: ExportScope<'_>) -> Result<Transfer, StoreError>;
     /// Creates what is missing of `t`, in one transaction, atomic against every
     /// concurrent call; nothing here is overwritten. Methods first: one with a free id
     /// and name is created as it is, one with this id and configuration is used as it
     /// is, any other is refused, and so are its enrolments. Then each secret, unless
     /// one with the same binding is here (an entity's enrolment for the method, an agent
-    /// id, a user's device name): sealed anew, with its last accepted step. Then the
-    /// recovery codes of a user that had no active device before and has one now.
+    /// id, a user's device name, an engine key's mount and name): sealed anew, with its
+    /// last accepted step. An engine key's mount is taken as it is, served by this
+    /// daemon or not. Then the recovery codes of a user that had no active device
+    /// before and has one now.
     async fn import_secrets(&self, t: &Transfer, now: i64) -> Result<ImportReport, StoreError>;
 }
 
@@ -1213,6 +1231,16 @@ pub trait Store:
     /// server is unreachable. A store inside the process (SQLite) always answers.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// A number that moves on whenever a token is revoked or renewed, or a policy is
+    /// written or deleted: after the write's commit, before its caller is answered, and
+    /// even if that caller has gone. A cache of tokens and policies built while it read
+    /// `g` is good while it still reads `g` ([`crate::auth::cache`]). `None` when the
+    /// store cannot know every such write (another process may make them: PostgreSQL
+    /// shared by several daemons): then nothing may be cached.
+    fn auth_generation(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -4,7 +4,8 @@
 //! - `POST /v1/sys/export {"entity_id": E}` or `{"all": true}` (sudo on `sys/export`)
 //!   answers the transfer document ([`crate::transfer`]) in Vault's envelope: every
 //!   secret in scope **opened**, with its holder, parameters and last accepted step, the
-//!   MFA methods' configurations, and login-step users' recovery codes (hashes).
+//!   MFA methods' configurations, and login-step users' recovery codes (hashes). The
+//!   TOTP engine's keys belong to mounts, not to entities: only `all` exports them.
 //! - `POST /v1/sys/import` (sudo on `sys/import`) takes the same document (plus
 //!   `entity_id`: the owner of secrets that name none) and creates what is missing, in
 //!   one transaction; it answers counts and one entry per method, secret and user's
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 
 use super::super::fields::{printable, rfc3339};
 use super::super::vault::{self, Caller, VaultError};
-use super::super::{now, parse_json, read_json, AppState, BodyError, BODY_TIMEOUT};
+use super::super::{body_timeout, now, parse_json, read_json, AppState, BodyError};
 use crate::audit::{self, Action, Event, Object, Verdict};
 use crate::auth::{self, Capability, Peer};
 use crate::otp::{self, Params};
@@ -167,13 +168,17 @@ fn method_doc(m: &MethodRecord) -> MethodDoc {
 fn secret_doc(s: &MovedSecret, login_issuer: &str) -> SecretDoc {
     let mut d = SecretDoc {
         kind: Kind::Agent,
-        entity_id: Some(s.holder.entity_id().to_string()),
+        entity_id: s.holder.entity_id().map(str::to_string),
         method_id: None,
         id: None,
         label: None,
         issuer: None,
         device: None,
         active: None,
+        mount: None,
+        name: None,
+        account_name: None,
+        skew: None,
         secret: otp::encode_base32(&s.secret),
         algorithm: s.params.algorithm.as_str().into(),
         digits: s.params.digits.into(),
@@ -199,6 +204,20 @@ fn secret_doc(s: &MovedSecret, login_issuer: &str) -> SecretDoc {
             d.active = Some(*active);
             // For the URIs an export writes: the issuer the user's app shows.
             d.issuer = Some(login_issuer.to_string());
+        }
+        Holder::VaultTotp {
+            mount,
+            name,
+            issuer,
+            account_name,
+            skew,
+        } => {
+            d.kind = Kind::VaultTotp;
+            d.mount = Some(mount.clone());
+            d.name = Some(name.clone());
+            d.issuer = Some(issuer.clone());
+            d.account_name = Some(account_name.clone());
+            d.skew = Some((*skew).into());
         }
     }
     d
@@ -270,7 +289,7 @@ async fn read_import(body: Body) -> Result<ImportReq, VaultError> {
         return Err(too_large());
     }
     let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
+        body_timeout(),
         http_body_util::Limited::new(body, MAX_IMPORT_BODY).collect(),
     )
     .await
@@ -300,6 +319,10 @@ const MAX_NAME: usize = 128;
 const MAX_LABEL: usize = 256;
 const MAX_DEVICE_NAME: usize = 64;
 const SECRET_BYTES: std::ops::RangeInclusive<usize> = 10..=128;
+/// The TOTP engine's bounds: a key imported into it may be as short as a byte, and its
+/// issuer and account name are up to 256 characters, empty allowed.
+const ENGINE_SECRET_BYTES: std::ops::RangeInclusive<usize> = 1..=128;
+const MAX_ENGINE_TEXT: usize = 256;
 /// Recovery codes per user; a set has 10.
 const MAX_CODES_PER_USER: usize = 64;
 
@@ -444,17 +467,72 @@ fn check_method(m: &MethodDoc, now: i64) -> Result<MethodRecord, String> {
     })
 }
 
+/// A mount name of the TOTP engine, as `--totp-mount` takes one: 1 to 64 lower-case
+/// letters, digits, '-' and '_', starting with a letter or digit. Whether this daemon
+/// serves it does not matter: the key waits in the store for the mount.
+fn mount_field(raw: &str) -> Result<String, String> {
+    let ok = raw.len() <= 64
+        && raw
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err("mount: 1 to 64 lower-case letters, digits, '-' or '_'".into())
+    }
+}
+
+/// A key name as Vault's engine takes it (`\w(([\w-.@]+)?\w)?`), up to 128 bytes.
+fn engine_key_name(raw: &str) -> Result<String, String> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_NAME
+        && raw.starts_with(word)
+        && raw.ends_with(word)
+        && raw.chars().all(|c| word(c) || matches!(c, '-' | '.' | '@'));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "name: 1 to {MAX_NAME} letters, digits, '_', '-', '.' or '@', starting and ending with a letter, digit or '_'"
+        ))
+    }
+}
+
+/// An engine key's issuer or account name, as the engine takes it: as it is (empty
+/// allowed, not trimmed), up to 256 characters, without control characters.
+fn engine_text(field: &str, raw: Option<&str>) -> Result<String, String> {
+    let t = raw.unwrap_or_default();
+    if t.chars().count() > MAX_ENGINE_TEXT || !printable(t) {
+        return Err(format!(
+            "{field}: at most {MAX_ENGINE_TEXT} characters, without control or text-direction characters"
+        ));
+    }
+    Ok(t.to_string())
+}
+
 fn check_secret(s: &SecretDoc, owner: &str, now: i64) -> Result<MovedSecret, String> {
-    let entity_id = match &s.entity_id {
-        Some(raw) => auth::entity_id(raw).map_err(|e| format!("entity_id: {e}"))?,
-        None => owner.to_string(),
+    // An engine key belongs to its mount: no entity, and the engine's key sizes.
+    let (entity_id, bytes) = match s.kind {
+        Kind::VaultTotp => (String::new(), ENGINE_SECRET_BYTES),
+        _ => {
+            let entity_id = match &s.entity_id {
+                Some(raw) => auth::entity_id(raw).map_err(|e| format!("entity_id: {e}"))?,
+                None => owner.to_string(),
+            };
+            (entity_id, SECRET_BYTES)
+        }
     };
     let secret = otp::decode_base32(&s.secret).ok_or("secret: not valid base32")?;
-    if !SECRET_BYTES.contains(&secret.len()) {
+    if !bytes.contains(&secret.len()) {
         return Err(format!(
             "secret: must be {} to {} bits",
-            SECRET_BYTES.start() * 8,
-            SECRET_BYTES.end() * 8
+            bytes.start() * 8,
+            bytes.end() * 8
         ));
     }
     let params = Params::new(&s.algorithm, s.digits, s.period).map_err(|e| e.to_string())?;
@@ -485,6 +563,17 @@ fn check_secret(s: &SecretDoc, owner: &str, now: i64) -> Result<MovedSecret, Str
             active: s
                 .active
                 .ok_or("active: must be set for a user_totp secret")?,
+        },
+        Kind::VaultTotp => Holder::VaultTotp {
+            mount: mount_field(&need("mount", &s.mount)?)?,
+            name: engine_key_name(&need("name", &s.name)?)?,
+            issuer: engine_text("issuer", s.issuer.as_deref())?,
+            account_name: engine_text("account_name", s.account_name.as_deref())?,
+            skew: match s.skew {
+                Some(n @ (0 | 1)) => n as u32,
+                Some(_) => return Err("skew: must be 0 or 1".into()),
+                None => return Err("skew: must be set for a vault_totp secret".into()),
+            },
         },
     };
     Ok(MovedSecret {
@@ -589,12 +678,17 @@ fn answer(t: &Transfer, r: &ImportReport) -> (Value, Tally) {
             } => {
                 json!({"kind": "user_totp", "entity_id": entity_id, "device": name, "active": active})
             }
+            Holder::VaultTotp { mount, name, .. } => {
+                json!({"kind": "vault_totp", "mount": mount, "name": name})
+            }
         };
-        entries.push(outcome(
-            entry,
-            *o,
-            "here already (same kind, entity and binding); left as it is",
-        ));
+        let exists = match &s.holder {
+            Holder::VaultTotp { .. } => {
+                "the mount has a key by this name here already; left as it is"
+            }
+            _ => "here already (same kind, entity and binding); left as it is",
+        };
+        entries.push(outcome(entry, *o, exists));
     }
     for (entity, o) in &r.recovery_codes {
         all.count(*o);

@@ -68,9 +68,28 @@ async fn find<C: GenericClient>(
     Ok(Some((info_of(&r, 0)?, SecretRow::read(&r, 9)?)))
 }
 
-/// The class of the advisory locks that make puts of one key name take turns (the
+/// The class of the advisory locks that make writes of one key name take turns (the
 /// two-key form, whose key space is apart from the migration lock's): "tk" in ASCII.
 const PUT_LOCK_CLASS: i32 = i32::from_be_bytes(*b"\0\0tk");
+
+/// Takes, until the end of `tx`, the advisory lock of the key name `mount/name`: every
+/// write that creates or replaces a key by name (a put, an import) takes it first, so
+/// they take turns on any number of daemons, a new name included, where no row exists
+/// yet to lock. Two names whose hashes collide merely take turns too.
+pub(super) async fn lock_key_name(
+    tx: &deadpool_postgres::Transaction<'_>,
+    mount: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    let lock_key = format!("{mount}/{name}");
+    row(
+        tx,
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&PUT_LOCK_CLASS, &lock_key],
+    )
+    .await?;
+    Ok(())
+}
 
 #[async_trait]
 impl EngineStore for PgStore {
@@ -86,13 +105,7 @@ impl EngineStore for PgStore {
         self.bounded(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
-            let lock_key = format!("{}/{}", info.mount, info.name);
-            row(
-                &tx,
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&PUT_LOCK_CLASS, &lock_key],
-            )
-            .await?;
+            lock_key_name(&tx, &info.mount, &info.name).await?;
             exec(
                 &tx,
                 "DELETE FROM otp_secrets WHERE id IN

@@ -20,6 +20,9 @@
 //!   deleted under an enrolment being imported; users are locked with their `user_locks`
 //!   row (as every write about a user is, see `user_totp.rs`), so the device cap and
 //!   "active before the import" hold against concurrent setups and activations.
+//! - An engine key's name is locked with the advisory lock `put_engine_key` takes (see
+//!   `engine.rs`), so an import and a put of one name take turns: the import finds the
+//!   put's key and keeps it, or the put replaces the imported key, as a later put does.
 //!
 //! The call's deadline grows with the transfer's size (one connection's round trips per
 //! entry), beyond the store's deadline for one short call.
@@ -214,6 +217,36 @@ async fn export(
         secrets.push(moved(&r, 4, sealer, holder, col(&r, 3)?)?);
     }
 
+    // The TOTP engine's keys belong to mounts, not to entities: all or none.
+    if entity.is_none() {
+        for r in rows(
+            tx,
+            &format!(
+                "SELECT k.mount, k.name, k.issuer, k.account_name, k.skew, k.created_at, {SECRET_COLS}
+                 FROM engine_keys k JOIN otp_secrets o ON o.id = k.secret_id
+                 ORDER BY k.mount COLLATE \"C\", k.name COLLATE \"C\""
+            ),
+            &[],
+        )
+        .await?
+        {
+            let mount: String = col(&r, 0)?;
+            let name: String = col(&r, 1)?;
+            let skew: i32 = col(&r, 4)?;
+            let skew = u32::try_from(skew).map_err(|_| {
+                StoreError::Corrupt(format!("engine_keys {mount}/{name}: skew {skew}"))
+            })?;
+            let holder = Holder::VaultTotp {
+                issuer: col(&r, 2)?,
+                account_name: col(&r, 3)?,
+                skew,
+                mount,
+                name,
+            };
+            secrets.push(moved(&r, 6, sealer, holder, col(&r, 5)?)?);
+        }
+    }
+
     // A user's recovery codes live as long as an active device does.
     let recovery_codes = rows(
         tx,
@@ -364,6 +397,16 @@ async fn import(
                 };
                 (outcome, None)
             }
+            Holder::VaultTotp {
+                mount,
+                name,
+                issuer,
+                account_name,
+                skew,
+            } => (
+                import_engine_key(tx, sealer, s, mount, name, issuer, account_name, *skew).await?,
+                None,
+            ),
         };
         report.secrets.push(done);
     }
@@ -578,6 +621,59 @@ async fn import_agent(
     )
     .await?;
     Ok((Imported::Created, Some(id)))
+}
+
+/// An engine key: created when its mount has no key by this name, else left as it is.
+///
+/// The name's advisory lock is taken first, as `put_engine_key` takes it, and held to
+/// the commit: a put of the name waiting for it then replaces the imported key, as the
+/// last put does, instead of failing on the row the import inserted; and a put holding
+/// it commits before this looks, so its key is found and kept.
+#[allow(clippy::too_many_arguments)]
+async fn import_engine_key(
+    tx: &Transaction<'_>,
+    sealer: &Sealer,
+    s: &MovedSecret,
+    mount: &str,
+    name: &str,
+    issuer: &str,
+    account_name: &str,
+    skew: u32,
+) -> Result<Imported, StoreError> {
+    super::engine::lock_key_name(tx, mount, name).await?;
+    if row(
+        tx,
+        "SELECT 1 FROM engine_keys WHERE mount = $1 AND name = $2",
+        &[&mount, &name],
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(Imported::Exists);
+    }
+    let sid = new_id();
+    insert_secret(tx, sealer, &sid, s).await?;
+    let added = exec(
+        tx,
+        "INSERT INTO engine_keys (mount, name, secret_id, issuer, account_name, skew, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        &[
+            &mount,
+            &name,
+            &sid,
+            &issuer,
+            &account_name,
+            &int("skew", skew.into())?,
+            &s.created_at,
+        ],
+    )
+    .await?;
+    if added == 1 {
+        Ok(Imported::Created)
+    } else {
+        drop_secret(tx, &sid).await?;
+        Ok(Imported::Exists)
+    }
 }
 
 /// Seals `s` into a new `otp_secrets` row `id`, with its last accepted step and

@@ -89,7 +89,7 @@ impl AgentStore for SqliteStore {
     ) -> Result<Option<(Vec<u8>, Params)>, StoreError> {
         let (entity_id, id) = (entity_id.to_string(), id.to_string());
         let sealer = self.sealer.clone();
-        self.read(move |c| {
+        self.read_now(move |c| {
             let owned = c
                 .prepare_cached("SELECT 1 FROM agent_secrets WHERE id = ?1 AND entity_id = ?2")?
                 .exists(params![id, entity_id])?;

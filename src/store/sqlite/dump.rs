@@ -54,7 +54,7 @@ impl MigrateStore for SqliteStore {
 
     async fn load_all(&self, d: &StoreDump) -> Result<(), StoreError> {
         let d = d.clone();
-        self.write(move |c| load(c, &d)).await
+        self.auth_write(move |c| load(c, &d)).await
     }
 }
 

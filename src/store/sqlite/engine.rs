@@ -127,7 +127,7 @@ impl EngineStore for SqliteStore {
         name: &str,
     ) -> Result<Option<EngineKeyInfo>, StoreError> {
         let (mount, name) = (mount.to_string(), name.to_string());
-        self.read(move |c| Ok(find(c, &mount, &name)?.map(|(info, _)| info)))
+        self.read_now(move |c| Ok(find(c, &mount, &name)?.map(|(info, _)| info)))
             .await
     }
 
@@ -138,7 +138,7 @@ impl EngineStore for SqliteStore {
     ) -> Result<Option<(EngineKeyInfo, Vec<u8>)>, StoreError> {
         let (mount, name) = (mount.to_string(), name.to_string());
         let sealer = self.sealer.clone();
-        self.read(move |c| {
+        self.read_now(move |c| {
             let Some((info, sid)) = find(c, &mount, &name)? else {
                 return Ok(None);
             };

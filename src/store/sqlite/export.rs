@@ -134,6 +134,47 @@ fn export(c: &Connection, sealer: &Sealer, entity: Option<&str>) -> Result<Trans
         });
     }
 
+    // The TOTP engine's keys belong to mounts, not to entities: all or none.
+    if entity.is_none() {
+        type EngineRow = (String, String, String, String, String, i64, i64);
+        let keys: Vec<EngineRow> = c
+            .prepare(
+                "SELECT mount, name, secret_id, issuer, account_name, skew, created_at
+                 FROM engine_keys ORDER BY mount, name",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (mount, name, sid, issuer, account_name, skew, created_at) in keys {
+            let skew = u32::try_from(skew).map_err(|_| {
+                StoreError::Corrupt(format!("engine_keys {mount}/{name}: skew {skew}"))
+            })?;
+            let (secret, params, last_step) = opened(&sid)?;
+            secrets.push(MovedSecret {
+                holder: Holder::VaultTotp {
+                    mount,
+                    name,
+                    issuer,
+                    account_name,
+                    skew,
+                },
+                secret,
+                params,
+                last_step,
+                created_at,
+            });
+        }
+    }
+
     // A user's recovery codes live as long as an active device does.
     let recovery_codes = c
         .prepare(
@@ -243,6 +284,29 @@ fn import(
                         "INSERT INTO user_devices (entity_id, name, secret_id, active, created_at, activated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         params![entity_id, name, sid, active, s.created_at, active.then_some(now)],
+                    )?;
+                    Imported::Created
+                };
+                (outcome, None)
+            }
+            Holder::VaultTotp {
+                mount,
+                name,
+                issuer,
+                account_name,
+                skew,
+            } => {
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM engine_keys WHERE mount = ?1 AND name = ?2")?
+                    .exists(params![mount, name])?;
+                let outcome = if exists {
+                    Imported::Exists
+                } else {
+                    let sid = new_secret(c, sealer, None, s)?;
+                    c.execute(
+                        "INSERT INTO engine_keys (mount, name, secret_id, issuer, account_name, skew, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![mount, name, sid, issuer, account_name, skew, s.created_at],
                     )?;
                     Imported::Created
                 };

@@ -173,7 +173,7 @@ impl MfaStore for SqliteStore {
 
     async fn get_method(&self, id: &str) -> Result<Option<MethodRecord>, StoreError> {
         let id = id.to_string();
-        self.read(move |c| get_method(c, &id)).await
+        self.read_now(move |c| get_method(c, &id)).await
     }
 
     async fn list_methods(&self) -> Result<Vec<MethodRecord>, StoreError> {

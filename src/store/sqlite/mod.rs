@@ -54,13 +54,14 @@ pub struct SqliteOptions {
 }
 
 impl SqliteOptions {
-    /// The database at `path` with the default pool: two readers per core, at most 16,
-    /// and room for 1024 waiting reads.
+    /// The database at `path` with the default pool: one reader thread per core (at
+    /// least 2, at most 16; point reads mostly run inline, see [`readers`]), and room
+    /// for 1024 waiting reads.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         SqliteOptions {
             path: path.into(),
-            readers: (2 * cores).clamp(2, 16),
+            readers: cores.clamp(2, 16),
             read_queue: 1024,
             rotate_batch: 200,
             rotate_pause: Duration::ZERO,
@@ -85,6 +86,8 @@ pub struct SqliteStore {
     me: std::sync::Weak<SqliteStore>,
     /// The key rotation's progress and the sealed values per key id.
     rotation: rotate::Rotation,
+    /// [`Store::auth_generation`]: moved on by [`SqliteStore::auth_write`].
+    auth_generation: std::sync::atomic::AtomicU64,
 }
 
 /// The result of opening: the store, and whether the database was created just now.
@@ -157,6 +160,7 @@ impl SqliteStore {
                 lockouts: LockCounts::default(),
                 me: me.clone(),
                 rotation: rotate::Rotation::new(sealed, opts.rotate_batch, opts.rotate_pause),
+                auth_generation: Default::default(),
             }),
             created,
         })
@@ -177,6 +181,37 @@ impl SqliteStore {
     {
         self.readers.read(f).await
     }
+
+    /// A write that revokes or renews tokens or changes policies: moves
+    /// [`Store::auth_generation`] on once it has committed, before the caller is
+    /// answered. It runs as a task of its own, so a caller that goes away (a client
+    /// hanging up) cannot skip the move after a commit: every write here goes through
+    /// the one writer, so no such change escapes the generation.
+    async fn auth_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let me = self.me.upgrade().ok_or(StoreError::Closed)?;
+        tokio::spawn(async move {
+            let result = me.write(f).await;
+            me.auth_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// A point read (by primary or unique key), run where it is asked for when an inline
+    /// connection is free ([`Readers::read_now`]): the hot path's lookups.
+    async fn read_now<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.readers.read_now(f).await
+    }
 }
 
 impl Store for SqliteStore {
@@ -192,6 +227,17 @@ impl Store for SqliteStore {
 
     fn lockouts(&self) -> super::Lockouts {
         self.lockouts.snapshot()
+    }
+
+    /// Every write of tokens and policies goes through this process's one writer, by
+    /// [`SqliteStore::auth_write`] where it revokes, renews or changes a policy (a new
+    /// token needs nothing: unknown tokens are never cached; an expired one is refused
+    /// by its expiry).
+    fn auth_generation(&self) -> Option<u64> {
+        Some(
+            self.auth_generation
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 }
 
@@ -328,7 +374,8 @@ impl TokenStore for SqliteStore {
 
     async fn get_token(&self, hash: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {
         let hash = hash.to_string();
-        self.read(move |c| live_token(c, "hash", &hash, now)).await
+        self.read_now(move |c| live_token(c, "hash", &hash, now))
+            .await
     }
 
     async fn get_token_by_accessor(
@@ -337,24 +384,25 @@ impl TokenStore for SqliteStore {
         now: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let accessor = accessor.to_string();
-        self.read(move |c| live_token(c, "accessor", &accessor, now))
+        self.read_now(move |c| live_token(c, "accessor", &accessor, now))
             .await
     }
 
     async fn revoke_token(&self, hash: &str) -> Result<usize, StoreError> {
         let hash = hash.to_string();
-        self.write(move |c| revoke_tree(c, "hash", &hash)).await
+        self.auth_write(move |c| revoke_tree(c, "hash", &hash))
+            .await
     }
 
     async fn revoke_token_by_accessor(&self, accessor: &str) -> Result<usize, StoreError> {
         let accessor = accessor.to_string();
-        self.write(move |c| revoke_tree(c, "accessor", &accessor))
+        self.auth_write(move |c| revoke_tree(c, "accessor", &accessor))
             .await
     }
 
     async fn renew_token(&self, hash: &str, now: i64, expires_at: i64) -> Result<bool, StoreError> {
         let hash = hash.to_string();
-        self.write(move |c| {
+        self.auth_write(move |c| {
             Ok(c.execute(
                 "UPDATE tokens SET expires_at = ?3, last_renewal = ?2
                  WHERE hash = ?1 AND renewable = 1 AND expires_at IS NOT NULL AND expires_at > ?2",
@@ -407,7 +455,7 @@ fn revoke_tree(c: &Connection, column: &'static str, key: &str) -> Result<usize,
 impl PolicyStore for SqliteStore {
     async fn put_policy(&self, name: &str, document: &str, now: i64) -> Result<(), StoreError> {
         let (name, document) = (name.to_string(), document.to_string());
-        self.write(move |c| {
+        self.auth_write(move |c| {
             c.execute(
                 "INSERT INTO policies (name, document, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at",
@@ -420,7 +468,7 @@ impl PolicyStore for SqliteStore {
 
     async fn get_policy(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_string();
-        self.read(move |c| {
+        self.read_now(move |c| {
             Ok(
                 c.prepare_cached("SELECT document FROM policies WHERE name = ?1")?
                     .query_row([name], |r| r.get(0))
@@ -432,7 +480,7 @@ impl PolicyStore for SqliteStore {
 
     async fn get_policies(&self, names: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         let names = names.to_vec();
-        self.read(move |c| {
+        self.read_now(move |c| {
             let mut stmt = c.prepare_cached("SELECT document FROM policies WHERE name = ?1")?;
             let mut out = Vec::new();
             for n in names {
@@ -447,7 +495,7 @@ impl PolicyStore for SqliteStore {
 
     async fn delete_policy(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.write(move |c| Ok(c.execute("DELETE FROM policies WHERE name = ?1", [name])? > 0))
+        self.auth_write(move |c| Ok(c.execute("DELETE FROM policies WHERE name = ?1", [name])? > 0))
             .await
     }
 

@@ -55,22 +55,21 @@ pub(super) struct Row {
 
 pub(super) fn load(c: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
     let row = c
-        .query_row(
+        .prepare_cached(
             "SELECT sealed, algorithm, digits, period, last_step, failures, locked_until
              FROM otp_secrets WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                ))
-            },
-        )
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })
         .optional()?;
     let Some((sealed, alg, digits, period, last_step, failures, locked_until)) = row else {
         return Ok(None);

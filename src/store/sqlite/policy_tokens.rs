@@ -93,7 +93,7 @@ impl PolicyTokenStore for SqliteStore {
         now: i64,
     ) -> Result<Spend, StoreError> {
         let (hash, policy, document) = (hash.to_string(), policy.to_string(), document.to_string());
-        self.write(move |c| {
+        self.auth_write(move |c| {
             let row: Option<(String, i64, Option<i64>)> = c
                 .prepare_cached(
                     "SELECT policy, expires_at, spent_at FROM policy_tokens WHERE hash = ?1",

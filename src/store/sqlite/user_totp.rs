@@ -358,7 +358,7 @@ impl UserTotpStore for SqliteStore {
         now: i64,
     ) -> Result<Option<String>, StoreError> {
         let hash = hash.to_string();
-        self.read(move |c| temp_user(c, &hash, now)).await
+        self.read_now(move |c| temp_user(c, &hash, now)).await
     }
 
     async fn check_user_code(

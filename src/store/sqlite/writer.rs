@@ -179,6 +179,17 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         }
         replies.extend(reply);
     }
+    // FAULT INJECTION, only with the test feature `fault-reply-before-commit` (off by
+    // default; compiled out otherwise): acknowledge every operation BEFORE the COMMIT,
+    // then hold the commit back, so a kill -9 in that window loses acknowledged writes.
+    // `tests/crash.rs` must catch this.
+    #[cfg(feature = "fault-reply-before-commit")]
+    {
+        for reply in replies.drain(..) {
+            reply(Ok(()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
     if let Err(e) = &commit {
         tracing::error!(error = %e, "commit failed; batch rolled back");

@@ -9,7 +9,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 use totpd::otp::{self, recovery, Params, VerifyState, Window};
 
-const SECRET: &[u8] = b"12345678901234567890123456789012345678901234567890123456789012345678901234567890";
+const SECRET: &[u8] =
+    b"12345678901234567890123456789012345678901234567890123456789012345678901234567890";
 const NOW: i64 = 1_700_000_000;
 
 fn codes(c: &mut Criterion) {
@@ -28,7 +29,11 @@ fn verification(c: &mut Criterion) {
         max_attempts: 5,
     };
     let right = otp::code_at(&SECRET[..20], &p, NOW);
-    let wrong = if right == "000000" { "111111" } else { "000000" };
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
     for (name, code) in [("verify right", right.as_str()), ("verify wrong", wrong)] {
         c.bench_function(name, |b| {
             b.iter(|| {
@@ -44,7 +49,10 @@ fn verification(c: &mut Criterion) {
         });
     }
     let tried: Vec<String> = (1..=16).map(|i| format!("{:06}", i * 7919)).collect();
-    assert!(!tried.iter().any(|t| t == wrong), "the code checked is not a repeat");
+    assert!(
+        !tried.iter().any(|t| t == wrong),
+        "the code checked is not a repeat"
+    );
     c.bench_function("verify untried (16 codes remembered)", |b| {
         b.iter(|| {
             otp::verify_untried(

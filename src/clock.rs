@@ -27,6 +27,33 @@ pub fn synchronized() -> Option<bool> {
     Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
+/// As [`synchronized`], asked of the kernel at most once a second: health is polled
+/// hard, the answer changes on an NTP daemon's time scale, and each `adjtimex` takes a
+/// kernel lock (it feeds the entropy pool).
+pub fn synchronized_recently() -> Option<bool> {
+    use std::sync::atomic::{AtomicI64, AtomicU8, Ordering::Relaxed};
+    // The second of the last answer, and the answer: 0 unknown, 1 no, 2 yes.
+    static ASKED: AtomicI64 = AtomicI64::new(i64::MIN);
+    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if ASKED.load(Relaxed) != now {
+        let v = match synchronized() {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        ANSWER.store(v, Relaxed);
+        ASKED.store(now, Relaxed);
+    }
+    match ANSWER.load(Relaxed) {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
 /// How far the wall clock went backwards between two readings taken `elapsed` apart on
 /// the monotonic clock (zero if it did not).
 fn backwards(before: SystemTime, after: SystemTime, elapsed: Duration) -> Duration {
@@ -68,6 +95,7 @@ mod tests {
     fn the_kernel_answers_a_read_only_adjtimex() {
         // Outside a seccomp filter the call is allowed; its answer is either state.
         assert!(synchronized().is_some());
+        assert_eq!(synchronized_recently(), synchronized());
     }
 
     #[test]

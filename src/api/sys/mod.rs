@@ -82,7 +82,7 @@ async fn health(State(st): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "server_time_utc": now(),
         // TOTP is only as right as the clock; null when the kernel would not say.
-        "clock_synchronized": crate::clock::synchronized(),
+        "clock_synchronized": crate::clock::synchronized_recently(),
         // False while the audit file cannot be written (see --audit-fail).
         "audit_ok": st.audit.healthy(),
         // False while the database (PostgreSQL) cannot be reached.

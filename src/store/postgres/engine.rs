@@ -9,7 +9,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::mfa::{
-    exec, insert_secret, params_of_row, row, rows, save_state, SecretRow, SECRET_COLS,
+    clear_lock, exec, insert_secret, params_of_row, row, rows, save_state, SecretRow, SECRET_COLS,
 };
 use super::{col, PgStore};
 use crate::otp;
@@ -238,7 +238,7 @@ impl EngineStore for PgStore {
                     tx.commit().await?;
                     return Ok((EngineCheck::Repeat, false));
                 };
-                save_state(&tx, &row.id, &state, now).await?;
+                let began = save_state(&tx, &row, &state, now).await?;
                 if let Some(code) = remember {
                     exec(
                         &tx,
@@ -248,8 +248,6 @@ impl EngineStore for PgStore {
                     .await?;
                 }
                 tx.commit().await?;
-                let began =
-                    state.locked_until.is_some() && state.locked_until != row.state.locked_until;
                 Ok((EngineCheck::Checked(outcome), began))
             })
             .await?;
@@ -273,17 +271,9 @@ impl EngineStore for PgStore {
             let (_, row) = find(&tx, mount, name, true)
                 .await?
                 .ok_or(StoreError::NotFound(Thing::EngineKey))?;
-            exec(
-                &tx,
-                "UPDATE otp_secrets SET failures = 0, locked_until = NULL WHERE id = $1",
-                &[&row.id],
-            )
-            .await?;
+            let cleared = clear_lock(&tx, &row).await?;
             tx.commit().await?;
-            Ok(otp::LockState {
-                failures: row.state.failures,
-                locked_until: row.state.locked_until,
-            })
+            Ok(cleared)
         })
         .await
     }

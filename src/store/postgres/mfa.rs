@@ -146,24 +146,43 @@ impl SecretRow {
     }
 }
 
-/// Writes a secret's verification state after an attempt at `now`. Written on every
+/// Writes a secret's verification state after an attempt at `now`, and says whether the
+/// attempt began a lock (`row` holds the state it started from). Written on every
 /// attempt, even one refused while locked, as on SQLite: a refusal that skipped the
 /// write would answer faster and tell the caller the secret is locked.
 pub(super) async fn save_state<C: GenericClient>(
     c: &C,
-    id: &str,
+    row: &SecretRow,
     st: &VerifyState,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let failures = i32::try_from(st.failures).unwrap_or(i32::MAX);
     exec(
         c,
         "UPDATE otp_secrets SET last_step = $2, failures = $3, locked_until = $4, last_attempt = $5
          WHERE id = $1",
-        &[&id, &st.last_step, &failures, &st.locked_until, &now],
+        &[&row.id, &st.last_step, &failures, &st.locked_until, &now],
     )
     .await?;
-    Ok(())
+    Ok(st.locked_until.is_some() && st.locked_until != row.state.locked_until)
+}
+
+/// Clears the lock and failure count of the secret `row` (locked `FOR UPDATE` by the
+/// caller's transaction), keeping its last accepted step; returns what it cleared.
+pub(super) async fn clear_lock<C: GenericClient>(
+    c: &C,
+    row: &SecretRow,
+) -> Result<otp::LockState, StoreError> {
+    exec(
+        c,
+        "UPDATE otp_secrets SET failures = 0, locked_until = NULL WHERE id = $1",
+        &[&row.id],
+    )
+    .await?;
+    Ok(otp::LockState {
+        failures: row.state.failures,
+        locked_until: row.state.locked_until,
+    })
 }
 
 /// Records `step` as the secret's last accepted one.
@@ -516,10 +535,8 @@ impl MfaStore for PgStore {
                 let secret = row.open(self.sealer())?;
                 let (outcome, state) =
                     otp::verify(&secret, &row.params, &window, code, now, row.state);
-                save_state(&tx, &row.id, &state, now).await?;
+                let began = save_state(&tx, &row, &state, now).await?;
                 tx.commit().await?;
-                let began =
-                    state.locked_until.is_some() && state.locked_until != row.state.locked_until;
                 Ok((outcome, began))
             })
             .await?;
@@ -541,17 +558,9 @@ impl MfaStore for PgStore {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
             let (row, _) = locked_secret(&tx, method_id, entity_id).await?;
-            exec(
-                &tx,
-                "UPDATE otp_secrets SET failures = 0, locked_until = NULL WHERE id = $1",
-                &[&row.id],
-            )
-            .await?;
+            let cleared = clear_lock(&tx, &row).await?;
             tx.commit().await?;
-            Ok(otp::LockState {
-                failures: row.state.failures,
-                locked_until: row.state.locked_until,
-            })
+            Ok(cleared)
         })
         .await
     }

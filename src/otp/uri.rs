@@ -90,12 +90,22 @@ pub fn parse(s: &str) -> Result<KeyUri, UriError> {
         return Err(UriError::Type(kind));
     }
     let raw_label = url.path().trim_start_matches('/');
-    let label = percent_decode_str(raw_label)
-        .decode_utf8()
-        .map_err(|_| UriError::Malformed("label is not UTF-8".into()))?;
-    let (label_issuer, account) = match label.split_once(':') {
-        Some((i, a)) => (Some(i.trim().to_string()), a.trim().to_string()),
-        None => (None, label.trim().to_string()),
+    let decode = |part: &str| {
+        percent_decode_str(part)
+            .decode_utf8()
+            .map(|s| s.trim().to_string())
+            .map_err(|_| UriError::Malformed("label is not UTF-8".into()))
+    };
+    // The issuer and the account are split before decoding, at the first literal colon,
+    // else at the first encoded one (the format allows either): so a colon inside an
+    // issuer, which `build` encodes, stays in the issuer.
+    let split = raw_label.split_once(':').or_else(|| {
+        let at = raw_label.to_ascii_lowercase().find("%3a")?;
+        Some((&raw_label[..at], &raw_label[at + 3..]))
+    });
+    let (label_issuer, account) = match split {
+        Some((i, a)) => (Some(decode(i)?), decode(a)?),
+        None => (None, decode(raw_label)?),
     };
     if account.is_empty() {
         return Err(UriError::Label);
@@ -181,6 +191,13 @@ mod tests {
         assert_eq!(k.label, "uid:1000");
         assert_eq!(k.issuer.as_deref(), Some("Acme Corp"));
         assert_eq!(k.params, p);
+        // A colon inside the issuer (found by the fuzzer) stays in the issuer.
+        let u = build("a:b", "acct", secret, &p);
+        let k = parse(&u).unwrap();
+        assert_eq!((k.issuer.as_deref(), k.label.as_str()), (Some("a:b"), "acct"));
+        // An encoded colon as the separator, as the format allows.
+        let k = parse("otpauth://totp/Acme%3Abob?secret=JBSWY3DPEHPK3PXP").unwrap();
+        assert_eq!((k.issuer.as_deref(), k.label.as_str()), (Some("Acme"), "bob"));
     }
 
     #[test]

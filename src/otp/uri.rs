@@ -194,10 +194,16 @@ mod tests {
         // A colon inside the issuer (found by the fuzzer) stays in the issuer.
         let u = build("a:b", "acct", secret, &p);
         let k = parse(&u).unwrap();
-        assert_eq!((k.issuer.as_deref(), k.label.as_str()), (Some("a:b"), "acct"));
+        assert_eq!(
+            (k.issuer.as_deref(), k.label.as_str()),
+            (Some("a:b"), "acct")
+        );
         // An encoded colon as the separator, as the format allows.
         let k = parse("otpauth://totp/Acme%3Abob?secret=JBSWY3DPEHPK3PXP").unwrap();
-        assert_eq!((k.issuer.as_deref(), k.label.as_str()), (Some("Acme"), "bob"));
+        assert_eq!(
+            (k.issuer.as_deref(), k.label.as_str()),
+            (Some("Acme"), "bob")
+        );
     }
 
     #[test]

@@ -34,12 +34,12 @@
 //!
 //! ```text
 //! cargo test --test crash                                        # must pass
-//! CARGO_TARGET_DIR=target/fault \
-//!   cargo test --test crash --features fault-reply-before-commit # passes iff caught
+//! cargo test --test crash --features fault-reply-before-commit   # passes iff caught
 //! ```
 //!
-//! (`.ci/run` runs the second in its own target dir, so the faulty binary never
-//! replaces `target/debug/totpd` under the other tests.)
+//! (`.ci/run` runs the second last, after every other step has used the real binary:
+//! it replaces `target/debug/totpd`. Outside CI, a separate `CARGO_TARGET_DIR` keeps the
+//! faulty binary away from other test runs.)
 
 mod common;
 

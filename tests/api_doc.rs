@@ -557,6 +557,38 @@ fn render_op(
         }
         out.push('\n');
     }
+    let mut next = String::new();
+    for (status, r) in op["responses"].as_object().into_iter().flatten() {
+        for (name, l) in resolve(root, r)["links"].as_object().into_iter().flatten() {
+            let target = l["operationId"].as_str().unwrap_or("");
+            let (tm, tp) = operations(root)
+                .into_iter()
+                .find(|(_, _, o)| o["operationId"] == target)
+                .map(|(p, m, _)| (m.to_uppercase(), p))
+                .unwrap_or_default();
+            let carried: Vec<String> = l["parameters"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .chain(l["requestBody"].as_object().into_iter().flatten())
+                .map(|(k, v)| format!("`{k}` ← {}", code(v)))
+                .collect();
+            let _ = write!(next, "- after `{status}`, **{name}**: `{tm} {tp}`");
+            if let Some(d) = l["description"].as_str() {
+                let _ = write!(next, ", {d}");
+            }
+            if !carried.is_empty() {
+                let _ = write!(next, " ({})", carried.join(", "));
+            }
+            next.push('\n');
+        }
+    }
+    if !next.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Links** (the calls that may follow, as OpenAPI links; stateful fuzzers follow them)\n\n{next}"
+        );
+    }
     if let Some(c) = op["x-curl"].as_str() {
         let _ = writeln!(out, "**Example**\n\n```sh\n{c}\n```\n");
     }

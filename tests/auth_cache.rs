@@ -213,6 +213,7 @@ async fn a_renewal_holds_on_the_next_request() {
     )
     .await;
     assert_eq!(get(&app, &t, "/v1/totp/keys/k").await, 200);
+    let before = app.state.store.auth_generation();
     let r = app
         .tcp_req(
             "POST",
@@ -222,6 +223,13 @@ async fn a_renewal_holds_on_the_next_request() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // A stale entry would only understate the lifetime (and an expired entry is read
+    // again), so the request below passes even without invalidation: the renewal must
+    // move the generation itself, so no entry read before it is used after it.
+    if let Some(b) = before {
+        let after = app.state.store.auth_generation().unwrap();
+        assert!(after > b, "a renewal moves the generation ({b} -> {after})");
+    }
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     assert_eq!(
         get(&app, &t, "/v1/totp/keys/k").await,

@@ -656,3 +656,149 @@ async fn values_just_outside_the_declared_bounds_are_refused_and_just_inside_acc
     assert!(samples_list.len() >= 10 && kinds.len() >= 5, "{kinds:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ----- the links schemathesis' stateful phase follows -----
+
+/// `schema`, its `$ref` followed.
+fn deref<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
+    while let Some(r) = v.get("$ref").and_then(Value::as_str) {
+        v = doc
+            .pointer(r.trim_start_matches('#'))
+            .expect("dangling $ref");
+    }
+    v
+}
+
+/// Every schema that property `name` of `schema` may have, looking through
+/// allOf/oneOf/anyOf (an envelope's generic `data` and the operation's own).
+fn properties<'a>(doc: &'a Value, schema: &'a Value, name: &str) -> Vec<&'a Value> {
+    let s = deref(doc, schema);
+    let mut found: Vec<&Value> = s["properties"].get(name).into_iter().collect();
+    for k in ["allOf", "oneOf", "anyOf"] {
+        for sub in s[k].as_array().into_iter().flatten() {
+            found.extend(properties(doc, sub, name));
+        }
+    }
+    found
+}
+
+fn property<'a>(doc: &'a Value, schema: &'a Value, name: &str) -> Option<&'a Value> {
+    properties(doc, schema, name).into_iter().next()
+}
+
+/// Whether `pointer` (`/data/uuid`) names a declared field of `schema`.
+fn resolves(doc: &Value, schema: &Value, pointer: &str) -> bool {
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return pointer.is_empty();
+    };
+    let (token, tail) = rest.split_once('/').map_or((rest, ""), |(t, r)| (t, r));
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("/{tail}")
+    };
+    properties(doc, schema, token)
+        .into_iter()
+        .any(|p| resolves(doc, p, &tail))
+}
+
+/// An operation's parameters (its own and its path's) as `in.name`.
+fn parameters(doc: &Value, path_item: &Value, op: &Value) -> Vec<String> {
+    [&path_item["parameters"], &op["parameters"]]
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|p| deref(doc, p))
+        .map(|p| {
+            format!(
+                "{}.{}",
+                p["in"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_link_names_a_real_operation_parameter_and_field() {
+    let doc: Value = serde_json::from_str(totpd::api::OPENAPI).unwrap();
+    let mut ops = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if let Some(id) = op["operationId"].as_str() {
+                ops.insert(id.to_string(), (path.clone(), method.clone(), item, op));
+            }
+        }
+    }
+    let mut links = 0;
+    for (path, method, item, op) in ops.values() {
+        for (status, resp) in op["responses"].as_object().unwrap() {
+            let resp = deref(&doc, resp);
+            let Some(ls) = resp["links"].as_object() else {
+                continue;
+            };
+            let source = format!("{method} {path} {status}");
+            let body_schema = &resp["content"]["application/json"]["schema"];
+            let own = parameters(&doc, item, op);
+            // A runtime expression must name what the source declares.
+            let check = |what: &str, v: &Value| {
+                let Some(e) = v.as_str().filter(|e| e.starts_with('$')) else {
+                    return;
+                };
+                if let Some(ptr) = e.strip_prefix("$response.body#") {
+                    assert!(
+                        resolves(&doc, body_schema, ptr),
+                        "{source}: {what}: {e} is not a field of the response"
+                    );
+                } else if let Some(p) = e.strip_prefix("$request.") {
+                    assert!(
+                        own.iter().any(|o| o == p),
+                        "{source}: {what}: {e} is not a parameter"
+                    );
+                } else {
+                    panic!("{source}: {what}: unexpected expression {e}");
+                }
+            };
+            for (name, link) in ls {
+                links += 1;
+                let target = link["operationId"].as_str().unwrap();
+                let (tpath, tmethod, titem, top) = ops
+                    .get(target)
+                    .unwrap_or_else(|| panic!("{source}: link {name}: no operation {target}"));
+                let theirs = parameters(&doc, titem, top);
+                for (p, v) in link["parameters"].as_object().into_iter().flatten() {
+                    assert!(
+                        theirs.contains(p),
+                        "{source}: link {name}: {tmethod} {tpath} has no parameter {p}"
+                    );
+                    check(&format!("link {name} {p}"), v);
+                }
+                if let Some(body) = link["requestBody"].as_object() {
+                    let tbody = &top["requestBody"]["content"]["application/json"]["schema"];
+                    for (field, v) in body {
+                        assert!(
+                            property(&doc, tbody, field).is_some(),
+                            "{source}: link {name}: {tmethod} {tpath} has no body field {field}"
+                        );
+                        check(&format!("link {name} body {field}"), v);
+                    }
+                }
+            }
+        }
+    }
+    // The Nitride flow (policy, token, spend) and the user login flow are linked.
+    assert!(links >= 10, "{links} links");
+    for (op, status, link) in [
+        ("createPolicyToken", "200", "SpendOnPolicy"),
+        ("writePolicy", "204", "CreateOneTimeToken"),
+        ("setup", "201", "Activate"),
+        ("activate", "200", "Challenge"),
+        ("challenge", "201", "Verify"),
+    ] {
+        let (_, _, _, o) = &ops[op];
+        assert!(
+            o["responses"][status]["links"][link].is_object(),
+            "{op} {status}: no link {link}"
+        );
+    }
+}

@@ -146,7 +146,7 @@ def invoke(args, env, name, phases, max_time, report_dir):
         with open(stats) as f:
             sts = json.load(f)
     except (OSError, ValueError):
-        sts = {"statuses": {}, "created": {}, "server_errors": []}
+        sts = {"statuses": {}, "created": {}, "server_errors": [], "flows": {}}
     statuses = collections.Counter({int(k): v for k, v in sts["statuses"].items()})
     requests = sum(statuses.values())
     fivexx = sum(v for k, v in statuses.items() if k >= 500)
@@ -157,7 +157,8 @@ def invoke(args, env, name, phases, max_time, report_dir):
     print(
         f"fuzz[{tag}]: {tc['generated']} cases, {requests} requests in {secs:.0f}s, "
         f"{rep['operations']['tested']}/{rep['operations']['total']} operations; "
-        f"statuses {dict(sorted(statuses.items()))}; created {sts.get('created', {})}"
+        f"statuses {dict(sorted(statuses.items()))}; created {sts.get('created', {})}; "
+        f"flow steps {sts.get('flows', {})}"
     )
     print(f"fuzz[{tag}]: 5xx answers: {fivexx}; response conformance failures: {violations}")
     for e in sts["server_errors"]:
@@ -183,6 +184,7 @@ def invoke(args, env, name, phases, max_time, report_dir):
         "5xx": fivexx,
         "violations": violations,
         "created": collections.Counter(sts.get("created", {})),
+        "flows": collections.Counter(sts.get("flows", {})),
     }
 
 
@@ -284,6 +286,16 @@ def main():
         if created.get(key, 0) <= 0:
             ok = False
             print(f"fuzz: FAIL: the fuzzer created no {what}: it never got past validation")
+    # The linked flows must have run end to end at least once: a Nitride token spent on
+    # its policy, and a user set up, activated and logged in.
+    flows = collections.Counter()
+    for r in results:
+        flows += r["flows"]
+    print("fuzz: flow steps that succeeded: " + ", ".join(f"{k} {v}" for k, v in sorted(flows.items())))
+    for key, what in (("nitride_spends", "Nitride token was spent"), ("user_logins", "user login (verify/) succeeded")):
+        if flows.get(key, 0) <= 0:
+            ok = False
+            print(f"fuzz: FAIL: no {what}: the linked flow never ran through")
     print(
         f"fuzz: total: {sum(r['cases'] for r in results)} cases, "
         f"{sum(r['requests'] for r in results)} requests, "

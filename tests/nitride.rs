@@ -646,6 +646,9 @@ async fn an_invalid_policy_body_does_not_spend_the_token() {
         json!(42),
         json!({"path": {"x": {"capabilities": ["fly"]}}}),
         json!({"paths": {}}),
+        // Nested past the bound (the HCL parser's time doubles with each level): refused
+        // before any parsing, whoever sends it.
+        json!(format!("s = {}", "{2+".repeat(40))),
     ] {
         let r = app
             .req_as(

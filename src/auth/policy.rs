@@ -67,6 +67,8 @@ pub enum PolicyError {
     Glob(String),
     #[error("policy path {0:?}: '+' segment wildcards are not supported")]
     Plus(String),
+    #[error("policy nests brackets more than {MAX_NESTING} deep")]
+    TooDeep,
     #[error("policy is not valid HCL: line {line}, column {column}: {message}")]
     Hcl {
         line: usize,
@@ -152,8 +154,15 @@ impl Policy {
     }
 
     /// Parses a policy as written: JSON when it starts with `{`, HCL otherwise (Vault
-    /// accepts both, and its operators mostly write HCL).
+    /// accepts both, and its operators mostly write HCL). Refused before any parsing
+    /// when its brackets nest deeper than [`MAX_NESTING`]: the HCL parser backtracks on
+    /// nested objects and expressions, and its time grows exponentially with the depth
+    /// (the fuzzer found 521 bytes that took 12 s; anyone holding a Nitride token, or
+    /// merely claiming one, has a policy parsed).
     pub fn from_text(text: &str) -> Result<Self, PolicyError> {
+        if nesting(text) > MAX_NESTING {
+            return Err(PolicyError::TooDeep);
+        }
         let doc: serde_json::Value = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| PolicyError::Shape(e.to_string()))?
         } else {
@@ -172,6 +181,29 @@ impl Policy {
         };
         Self::parse(&doc)
     }
+}
+
+/// The deepest bracket nesting a policy may have. A policy is `path "…" { … }` (1) with
+/// lists (2), `allowed_parameters` objects of lists (3 to 4), and templated paths
+/// (`{{identity.entity.id}}`, 2 more inside the string): 10 leaves room for any real
+/// policy and bounds the parser's backtracking.
+pub const MAX_NESTING: usize = 10;
+
+/// How deep `{`, `[` and `(` nest in `text`, strings included (brackets in a string are
+/// rare in a policy, and HCL's `${…}` interpolation nests expressions inside strings).
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// The merged rules of every policy a caller holds.
@@ -353,6 +385,44 @@ path "identity/mfa/method/totp/generate" {
             assert_eq!(h.allows(path, *cap), *want, "HCL: {cap:?} on {path}");
             assert_eq!(j.allows(path, *cap), *want, "JSON: {cap:?} on {path}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_sees_it() {
+        // What the fuzzer found: 521 bytes of HCL objects nested in sums, which took the
+        // parser 12 s (a debug build; a further 130 bytes, 0.2 s). Refused at once now.
+        let found = include_str!("../../fuzz/corpus/policy/slow-unit-nested-hcl-sums");
+        assert!(nesting(found) > MAX_NESTING);
+        assert!(matches!(
+            Policy::from_text(found),
+            Err(PolicyError::TooDeep)
+        ));
+        let deep = format!("s = {}", "{2+".repeat(40));
+        assert!(matches!(
+            Policy::from_text(&deep),
+            Err(PolicyError::TooDeep)
+        ));
+        let json = format!("{}{}", "[".repeat(11), "]".repeat(11));
+        assert!(matches!(
+            Policy::from_text(&json),
+            Err(PolicyError::TooDeep)
+        ));
+        assert_eq!(err_text(&deep), "policy nests brackets more than 10 deep");
+        // Real policies are far from the bound: a templated path, parameters, lists.
+        let real = r#"path "secret/data/{{identity.entity.id}}/*" {
+  capabilities = ["create", "read"]
+  allowed_parameters = { "ttl" = ["1h", "2h"], "tags" = [] }
+}"#;
+        assert_eq!(nesting(real), 3);
+        // Depth counts what is open at once, not how many brackets there are.
+        assert_eq!(nesting(&"[]".repeat(1000)), 1);
+        assert_eq!(
+            nesting(&format!("{}{}", "(".repeat(10), ")".repeat(10))),
+            10
+        );
+        // A policy at the bound still parses (and is judged on its shape).
+        let ok = "path \"a\" {\n  capabilities = [\"read\"]\n}\n";
+        assert!(Policy::from_text(ok).is_ok());
     }
 
     #[test]

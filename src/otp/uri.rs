@@ -19,9 +19,12 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
 pub fn build(issuer: &str, account: &str, secret: &[u8], p: &Params) -> String {
     let enc = |s: &str| utf8_percent_encode(s, ENCODE).to_string();
     if issuer.is_empty() {
-        // No issuer: the label is the account alone, and no empty issuer parameter.
+        // No issuer: the label is the account alone, and no empty issuer parameter. An
+        // account with a colon gets an empty issuer prefix (a literal `:`), or its
+        // encoded colon would be read back as the separator (found by the fuzzer).
+        let prefix = if account.contains(':') { ":" } else { "" };
         return format!(
-            "otpauth://totp/{}?algorithm={}&digits={}&period={}&secret={}",
+            "otpauth://totp/{prefix}{}?algorithm={}&digits={}&period={}&secret={}",
             enc(account),
             p.algorithm.as_str(),
             p.digits,
@@ -167,6 +170,12 @@ mod tests {
         );
         let k = parse(&u).unwrap();
         assert_eq!((k.label.as_str(), k.issuer), ("ci-bot", None));
+        // An account with a colon and no issuer (found by the fuzzer): its colon is not
+        // read back as the separator.
+        let u = build("", "uid:1000", b"0123456789abcdefghij", &p);
+        assert!(u.starts_with("otpauth://totp/:uid%3A1000?"), "{u}");
+        let k = parse(&u).unwrap();
+        assert_eq!((k.label.as_str(), k.issuer), ("uid:1000", None));
     }
 
     #[test]

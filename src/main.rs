@@ -256,22 +256,20 @@ fn serve(args: ServeArgs, socket: Option<PathBuf>) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let audit_target = |m: &tracing::Metadata<'_>| m.target() == totpd::audit::TARGET;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Log lines leave through a queue and a thread of their own, so a request never
-    // waits on a write to stderr (a pipe to journald can block). The queue is bounded:
-    // when it is full a line is dropped and counted (totpd_log_lines_dropped_total),
-    // never waited for. The guard flushes what is queued when serve returns. The log
-    // thread writes through a buffer that it flushes each time the queue runs dry: under
-    // load a batch of lines is one write(2), not one each; when idle, a line leaves at
-    // once.
-    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("totpd-log")
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_WRITE_BUFFER,
-            std::io::stderr(),
-        ));
-    totpd::metrics::count_dropped_log_lines(writer.error_counter());
+    // Log lines leave through a buffer and a thread of their own (server::log), so a
+    // request never waits on a write to stderr (a pipe to journald can block). The buffer
+    // is bounded: when it is full a line is dropped and counted
+    // (totpd_log_lines_dropped_total), never waited for. The guard writes out what is
+    // buffered when serve returns.
+    let (writer, _flush_on_exit) = match totpd::server::log::LogBuffer::start(
+        std::io::stderr(),
+        LOG_BUFFER_BYTES,
+        "totpd-log",
+    ) {
+        Ok(w) => w,
+        Err(e) => return fail(&format!("cannot start the log thread: {e}")),
+    };
+    totpd::metrics::count_dropped_log_lines(writer.clone());
     let log = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(ansi)
@@ -340,10 +338,9 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Log lines that may wait for the log thread; past that they are dropped and counted.
-const LOG_QUEUE_LINES: usize = 16_384;
-/// The log thread's write buffer: about 200 request lines a write(2) under load.
-const LOG_WRITE_BUFFER: usize = 64 * 1024;
+/// Bytes of log lines that may wait for the log thread (about 16,000 request lines);
+/// past that they are dropped and counted.
+const LOG_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Threads of tokio's blocking pool at most: room for the two QR renders and the two
 /// argon2 hashes their semaphores allow, so a flood of one never starves the other.

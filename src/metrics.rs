@@ -164,9 +164,9 @@ impl Metrics {
             "totpd_clock_jumps_backwards_total {}",
             self.clock_jumps.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP totpd_log_lines_dropped_total Log lines dropped because the log queue was full (stderr could not keep up).\n");
+        out.push_str("# HELP totpd_log_lines_dropped_total Log lines dropped because the log buffer was full (stderr could not keep up).\n");
         out.push_str("# TYPE totpd_log_lines_dropped_total counter\n");
-        let dropped = LOG_DROPS.get().map_or(0, |c| c.dropped_lines());
+        let dropped = LOG_DROPS.get().map_or(0, |l| l.dropped());
         let _ = writeln!(out, "totpd_log_lines_dropped_total {dropped}");
         out.push_str("# HELP totpd_audit_write_failures_total Audit lines the audit file did not take (each went to stderr instead).\n");
         out.push_str("# TYPE totpd_audit_write_failures_total counter\n");
@@ -179,14 +179,13 @@ impl Metrics {
     }
 }
 
-/// The daemon's log queue's count of dropped lines, once its writer exists.
-static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
+/// The daemon's log buffer, whose dropped lines are counted, once it exists.
+static LOG_DROPS: std::sync::OnceLock<crate::server::log::LogBuffer> = std::sync::OnceLock::new();
 
-/// Reports `counter` (the daemon's non-blocking log writer's) as
+/// Reports the lines `log` (the daemon's log buffer) dropped as
 /// `totpd_log_lines_dropped_total`.
-pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
-    let _ = LOG_DROPS.set(counter);
+pub fn count_dropped_log_lines(log: crate::server::log::LogBuffer) {
+    let _ = LOG_DROPS.set(log);
 }
 
 /// Locks begun since the store opened, by surface (the store counts them: only it sees

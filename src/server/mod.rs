@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod listen;
+pub mod log;
 mod systemd;
 
 use std::future::Future;

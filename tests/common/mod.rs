@@ -135,6 +135,9 @@ impl Daemon {
 
     /// Standard error of the latest start.
     pub fn stderr(&self) -> String {
+        // The daemon's log thread writes its buffer out every FLUSH_EVERY: wait for the
+        // lines of what was just done to get there.
+        std::thread::sleep(totpd::server::log::FLUSH_EVERY * 3);
         let n = self.log_count().saturating_sub(1);
         std::fs::read_to_string(self.dir.path().join(format!("stderr.{n}"))).unwrap_or_default()
     }

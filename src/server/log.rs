@@ -175,7 +175,7 @@ mod tests {
         let sink = Sink::default();
         let (mut w, guard) = LogBuffer::start(sink.clone(), 1 << 20, "t-log").unwrap();
         for i in 0..1000 {
-            write!(w, "line {i}\n").unwrap();
+            writeln!(w, "line {i}").unwrap();
         }
         drop(guard);
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();

@@ -69,6 +69,20 @@ def cmd_req(a):
     return 0
 
 
+def cmd_totp(a):
+    """The current RFC 6238 code (SHA1, 6 digits, 30 s) of a base32 secret."""
+    import base64
+    import hashlib
+    import hmac
+    import struct
+    import time
+    key = base64.b32decode(a.secret.upper() + "=" * (-len(a.secret) % 8))
+    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+    off = mac[-1] & 0x0F
+    print(f"{(struct.unpack('>I', mac[off:off + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}")
+    return 0
+
+
 def cmd_wait(a):
     deadline = time.time() + a.timeout
     while time.time() < deadline:
@@ -204,6 +218,21 @@ TITLES = [
      "keeps tried codes in memory."),
     ("mix", "Mix: 90% agent code reads, 10% MFA wrong-code validations",
      "Reads expected 200, validations 403 (so about 10% non-2xx is expected)."),
+    ("nitride_create", "Nitride token creates: `PUT /v1/auth/ratls/totp`",
+     "Expected: all 200. Each is a durable write. The uuids made here are the ones the "
+     "spend run below uses, at the same c."),
+    ("nitride_spend", "Nitride spends: `PUT /v1/sys/policies/acl/bench-nitride` with `totp`",
+     "Each request spends one token made by the create run above (204 expected): one "
+     "transaction marks the token spent and writes the policy. The run ends when the "
+     "tokens run out (so it can be shorter than the others); the at most c requests "
+     "already on their way then carry a uuid that does not exist: up to c non-2xx are "
+     "expected."),
+    ("recovery_verify", "Recovery-code verifies: `POST /api/v1/auth/totp/verify/` (wrong code)",
+     "A good temp_token and a wrong, well-formed recovery code: every answer is 401 "
+     "(expected), and each is one argon2id verify (19 MiB, 2 passes; OWASP's parameters), "
+     "at most two at once (the daemon's bound), whatever c is. The server outcomes "
+     "column shows the user's failures (`invalid`, then `locked` once five have "
+     "failed: the lock is looked at after the hash, so the work is the same)."),
     ("pi_validate", "privacyIDEA: `POST /validate/check` (wrong code)",
      "Expected: 200 with `result.value` false."),
 ]
@@ -220,12 +249,20 @@ RATIOS = {
     # No SQLite ratio here: a locked key's refusals write nothing (see the note).
     "engine_validate": [("totpd/OpenBao", "openbao", "engine_validate")],
     "mix": [("totpd/hello", "hello", "health")],
+    "nitride_create": [("totpd/SQLite 1-row commits", "sqlite", None)],
+    "nitride_spend": [("totpd/SQLite 1-row commits", "sqlite", None)],
+    "recovery_verify": [],
     "pi_validate": [],
 }
 
-TARGET_ORDER = {"hello": 0, "totpd": 1, "openbao": 2, "privacyidea": 3}
+TARGET_ORDER = {"hello": 0, "totpd": 1, "totpd-recovery": 1.5, "openbao": 2, "privacyidea": 3}
 TARGET_NAME = {"hello": "hello (bare hyper)", "totpd": "totpd", "openbao": "OpenBao",
                "privacyidea": "privacyIDEA"}
+# The processes table: totpd's peak before and after the recovery-code runs.
+PROC_NAME = dict(TARGET_NAME, **{
+    "totpd": "totpd (reads, validations, Nitride)",
+    "totpd-recovery": "totpd, after the recovery-code verifies (argon2id, 19 MiB a hash)",
+})
 
 
 def fmt_lat(us):
@@ -386,6 +423,11 @@ def cmd_report(a):
                 warnings.append(f"{workload} {r['target']} c={r['c']}: no request completed")
             if sock > 0:
                 warnings.append(f"{workload} {r['target']} c={r['c']}: {sock} socket errors")
+            if workload == "nitride_create" and r["non2xx"] > 0:
+                warnings.append(f"nitride_create c={r['c']}: {r['non2xx']} non-2xx")
+            if workload == "nitride_spend" and r["non2xx"] > r["c"]:
+                warnings.append(f"nitride_spend c={r['c']}: {r['non2xx']} non-2xx "
+                                f"(at most {r['c']} expected)")
             if workload == "mix" and r["requests"] and r["non2xx"] > 0.2 * r["requests"]:
                 warnings.append(f"mix {r['target']} c={r['c']}: {r['non2xx']} non-2xx "
                                 f"of {r['requests']} (about 10% expected)")
@@ -422,7 +464,7 @@ def cmd_report(a):
         w("| --- | ---: | ---: |")
         for p in procs:
             rss = meta.get(f"rss:{p}")
-            w(f"| {TARGET_NAME.get(p, p)} | {fmt_kb(int(rss)) if rss else '—'} | "
+            w(f"| {PROC_NAME.get(p, p)} | {fmt_kb(int(rss)) if rss else '—'} | "
               f"{meta.get(f'threads:{p}', '—')} |")
         w("")
 
@@ -457,6 +499,9 @@ def main():
     s.add_argument("--field")
     s.add_argument("--status", action="store_true", help="print the status only")
     s.set_defaults(fn=cmd_req)
+    s = sub.add_parser("totp")
+    s.add_argument("secret")
+    s.set_defaults(fn=cmd_totp)
     s = sub.add_parser("wait")
     s.add_argument("url")
     s.add_argument("--timeout", type=float, default=30)

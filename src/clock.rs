@@ -31,23 +31,26 @@ pub fn synchronized() -> Option<bool> {
 /// hard, the answer changes on an NTP daemon's time scale, and each `adjtimex` takes a
 /// kernel lock (it feeds the entropy pool).
 pub fn synchronized_recently() -> Option<bool> {
-    use std::sync::atomic::{AtomicI64, AtomicU8, Ordering::Relaxed};
-    // The second of the last answer, and the answer: 0 unknown, 1 no, 2 yes.
-    static ASKED: AtomicI64 = AtomicI64::new(i64::MIN);
-    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+    // One word, so a reader never pairs one second with another second's answer: the
+    // second of the last answer times 4, plus the answer (0 unknown, 1 no, 2 yes).
+    static LAST: AtomicI64 = AtomicI64::new(-1);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if ASKED.load(Relaxed) != now {
+    let last = LAST.load(Relaxed);
+    let answer = if last >= 0 && last >> 2 == now {
+        last & 3
+    } else {
         let v = match synchronized() {
             None => 0,
             Some(false) => 1,
             Some(true) => 2,
         };
-        ANSWER.store(v, Relaxed);
-        ASKED.store(now, Relaxed);
-    }
-    match ANSWER.load(Relaxed) {
+        LAST.store(now << 2 | v, Relaxed);
+        v
+    };
+    match answer {
         1 => Some(false),
         2 => Some(true),
         _ => None,

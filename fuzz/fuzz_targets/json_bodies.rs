@@ -16,48 +16,11 @@ use totpd::server::http::{app, App};
 use totpd::store::sqlite::{SqliteOptions, SqliteStore};
 use totpd::store::Sealer;
 
-/// Every surface's routes that read a JSON body (`POST /v1/sys/keys/rotate` is left
-/// out: it starts a background re-sealing of the whole store). Keep in step with
-/// `tests/fuzz_corpora.rs`.
-const ROUTES: &[(&str, &str)] = &[
-    // Vault identity MFA TOTP
-    ("POST", "/v1/identity/mfa/method/totp"),
-    ("POST", "/v1/identity/mfa/method/totp/generate"),
-    ("POST", "/v1/identity/mfa/method/totp/admin-generate"),
-    ("POST", "/v1/identity/mfa/method/totp/admin-destroy"),
-    ("POST", "/v1/identity/mfa/method/totp/validate"),
-    ("POST", "/v1/identity/mfa/method/totp/admin-unlock"),
-    (
-        "POST",
-        "/v1/identity/mfa/method/totp/7b0c7e4e-0000-4000-8000-000000000000",
-    ),
-    // Vault TOTP secrets engine
-    ("POST", "/v1/totp/keys/k"),
-    ("POST", "/v1/totp/code/k"),
-    ("POST", "/v1/totp/keys/k/unlock"),
-    // agent authenticator
-    ("POST", "/api/v2/totp/secrets"),
-    // Nitride
-    ("PUT", "/v1/auth/ratls/totp"),
-    // user login step
-    ("POST", "/api/v1/auth/totp/setup/"),
-    ("POST", "/api/v1/auth/totp/activate/"),
-    ("POST", "/api/v1/auth/totp/deactivate/"),
-    ("POST", "/api/v1/auth/totp/challenge/"),
-    ("POST", "/api/v1/auth/totp/verify/"),
-    ("POST", "/api/v1/auth/totp/recovery-codes/"),
-    ("POST", "/api/v1/auth/totp/unlock/"),
-    // sys and tokens
-    ("POST", "/v1/auth/token/create"),
-    ("POST", "/v1/auth/token/lookup"),
-    ("POST", "/v1/auth/token/lookup-accessor"),
-    ("POST", "/v1/auth/token/revoke-accessor"),
-    ("POST", "/v1/auth/token/revoke"),
-    ("POST", "/v1/auth/token/renew"),
-    ("PUT", "/v1/sys/policies/acl/p"),
-    ("POST", "/v1/sys/export"),
-    ("POST", "/v1/sys/import"),
-];
+#[allow(dead_code)]
+mod checks {
+    include!("../checks.rs");
+}
+
 
 struct Harness {
     rt: tokio::runtime::Runtime,
@@ -85,10 +48,9 @@ fn harness() -> &'static Harness {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, body)) = data.split_first() else {
+    let Some(((method, path), body)) = checks::json_request(data) else {
         return;
     };
-    let (method, path) = ROUTES[pick as usize % ROUTES.len()];
     let h = harness();
     let mut req = axum::http::Request::builder()
         .method(method)

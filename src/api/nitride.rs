@@ -279,10 +279,7 @@ async fn create(
     // The uuid is the credential: its 122 random bits come from the OS, as a token's do
     // (not from the fast generator that request ids and record ids use).
     let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).map_err(|e| {
-        tracing::error!(error = %e, "no randomness for a policy token");
-        NitrideError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    })?;
+    getrandom::getrandom(&mut bytes).map_err(|e| super::internal::<NitrideError>(&e))?;
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let (hash, prefix) = key_of(&uuid);
     let rec = PolicyTokenRecord {
